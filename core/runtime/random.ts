@@ -1,0 +1,384 @@
+/**
+ * Seeded random numbers that are identical on every platform and match
+ * PyTorch's CPU generator seed for seed, so that an image made by Lethe from
+ * seed S starts from the same latent noise as a diffusers pipeline given
+ * `generator=torch.Generator('cpu').manual_seed(S)`.
+ *
+ * What torch does (ATen, verified against torch 1.13 on x86-64 and checked
+ * against the 2.x sources; see tests/data/gen_torch_random.py):
+ *
+ * - Engine: mt19937. `manual_seed(seed)` takes the seed as a uint64 (a
+ *   negative Python int is read as two's complement) and seeds mt19937 with
+ *   its LOW 32 BITS only, so seeds 5 and 2**32 + 5 give the same numbers.
+ *   Seeding also clears the cached Box-Muller value (below).
+ * - `torch.rand(float32)`: one 32-bit draw per value, `(x & 0xffffff) * 2^-24`.
+ * - `torch.randn(float32)` with numel >= 16 (the "vector" path): draw numel
+ *   24-bit uniforms as above, then for each whole chunk of 16 at j and each
+ *   i in 0..7: u1 = 1 - d[j+i], u2 = d[j+i+8], r = sqrt(-2 log u1),
+ *   t = 2 pi u2, d[j+i] = r cos t, d[j+i+8] = r sin t. If numel % 16 != 0 the
+ *   last 16 elements are refilled with 16 fresh uniforms and transformed again
+ *   (the numel % 16 uniforms drawn for the partial chunk are thrown away).
+ *   On x86-64 with AVX2 or AVX-512 (the normal diffusers machine) log, sin and
+ *   cos are avx_mathfun.h's float32 Cephes polynomials, NOT libm. Those are
+ *   reproduced here operation by operation in float32 (Math.fround after
+ *   every + - * and sqrt), which gives bit-identical results: every step is
+ *   an IEEE-754 basic operation, correctly rounded in every JS engine, and
+ *   double-then-fround is exactly float32 arithmetic for a single + - * / or
+ *   sqrt of float32 operands (53 >= 2*24 + 2). No Math.log/sin/cos is used,
+ *   so this path is bit-for-bit the same on every platform and engine.
+ * - `torch.randn(float32)` with numel < 16 (the "scalar" path): a double
+ *   Box-Muller with 53-bit uniforms (two 32-bit draws, the first is the high
+ *   word: ((a & 0x1fffff) * 2^32 + b) * 2^-53): u1, u2 drawn in that order,
+ *   r = sqrt(-2 log1p(-u2)), t = 2 pi u1, returns r cos t and CACHES r sin t
+ *   in the generator for the next scalar-path value, across calls (the vector
+ *   path neither uses nor clears the cache). Results are rounded to float32.
+ *   This path needs double log1p/sin/cos, i.e. Math.log1p/sin/cos, which the
+ *   ECMAScript spec does not require to be correctly rounded. Node and
+ *   Electron (V8) use the same fdlibm port on every platform, so Lethe is
+ *   deterministic across platforms here too; against torch (glibc) the double
+ *   results may differ in the last double bit, and after rounding to float32
+ *   that shows only when the double lies within 2^-29 relative of a float32
+ *   rounding boundary (about one value in 10^8-10^9), then as 1 float32 ulp.
+ *   That is why the tests allow 1 ulp for randn even though every reference
+ *   value matches exactly today.
+ *
+ * Not reproduced: torch.randn on machines WITHOUT AVX2 (ARM/Apple silicon,
+ * or ATEN_CPU_CAPABILITY=default) uses libm logf/cosf/sinf in the vector path
+ * and so gives slightly different numbers (most values differ by a few ulp)
+ * even in torch itself; Lethe always gives the x86 numbers. torch.randint,
+ * randperm, float64/half tensors and non-standard mean/std are not provided.
+ */
+import { LetheError } from '../errors.ts';
+
+const N = 624;
+const M = 397;
+const MATRIX_A = 0x9908b0df;
+const UPPER_MASK = 0x80000000;
+const LOWER_MASK = 0x7fffffff;
+
+const TWO_POW_M24 = 2 ** -24;
+const TWO_POW_32 = 2 ** 32;
+const TWO_POW_M53 = 2 ** -53;
+const UINT64_MAX = (1n << 64n) - 1n;
+const INT64_MIN = -(1n << 63n);
+
+const fr = Math.fround;
+
+// Constants of avx_mathfun.h (Cephes), rounded to float32 exactly as the C
+// initialisers `static const float x[8] = { 0.707106781186547524, ... }` do.
+const SQRTHF = fr(0.707106781186547524);
+const LOG_P0 = fr(7.0376836292e-2);
+const LOG_P1 = fr(-1.151461031e-1);
+const LOG_P2 = fr(1.167699874e-1);
+const LOG_P3 = fr(-1.2420140846e-1);
+const LOG_P4 = fr(1.4249322787e-1);
+const LOG_P5 = fr(-1.6668057665e-1);
+const LOG_P6 = fr(2.0000714765e-1);
+const LOG_P7 = fr(-2.4999993993e-1);
+const LOG_P8 = fr(3.3333331174e-1);
+const LOG_Q1 = fr(-2.1219444e-4);
+const LOG_Q2 = fr(0.693359375);
+const MINUS_DP1 = fr(-0.78515625);
+const MINUS_DP2 = fr(-2.4187564849853515625e-4);
+const MINUS_DP3 = fr(-3.77489497744594108e-8);
+const SINCOF_P0 = fr(-1.9515295891e-4);
+const SINCOF_P1 = fr(8.3321608736e-3);
+const SINCOF_P2 = fr(-1.6666654611e-1);
+const COSCOF_P0 = fr(2.443315711809948e-5);
+const COSCOF_P1 = fr(-1.388731625493765e-3);
+const COSCOF_P2 = fr(4.166664568298827e-2);
+const FOPI = fr(1.27323954473516); // 4 / pi
+/** `_mm256_set1_ps(2.0f * c10::pi<double>)`: 2 pi in double, then float. */
+const TWO_PI_F = fr(2 * Math.PI);
+
+/** 2^-(b+1) for b = 0..24: scales an integer in [2^b, 2^(b+1)) into [0.5, 1). */
+const INV_POW2 = Float64Array.from({ length: 26 }, (_, b) => 2 ** -(b + 1));
+
+/** A checkpoint of a generator; plain JSON (numbers are exact in JSON). */
+export interface GeneratorState {
+  readonly kind: 'torch-mt19937';
+  /** The seed as given to the constructor, as a uint64 decimal string. */
+  readonly seed: string;
+  /** The 624 mt19937 state words. */
+  readonly mt: readonly number[];
+  /** Next word of `mt` to temper and return; 624 means "twist first". */
+  readonly index: number;
+  /** torch's cached second Box-Muller value (scalar path), or null. */
+  readonly nextNormal: number | null;
+}
+
+/** Reads a seed the way `torch.Generator.manual_seed` does: a uint64, negatives as two's complement. */
+function toUint64Seed(seed: number | bigint): bigint {
+  let s: bigint;
+  if (typeof seed === 'number') {
+    if (!Number.isSafeInteger(seed)) {
+      throw new LetheError(
+        'invalid-seed',
+        `Seed ${seed} is not an integer that a double holds exactly; pass it as a bigint or use an integer below 2^53.`,
+      );
+    }
+    s = BigInt(seed);
+  } else {
+    s = seed;
+  }
+  if (s < INT64_MIN || s > UINT64_MAX) {
+    throw new LetheError('invalid-seed', `Seed ${s} is outside [-2^63, 2^64 - 1], the range torch accepts.`);
+  }
+  return BigInt.asUintN(64, s);
+}
+
+/**
+ * The seed of image `index` (0-based) of a batch started from `baseSeed`:
+ * `baseSeed + index`. This is AUTOMATIC1111's convention for batches (image i
+ * of a batch of seed S is reproducible alone as seed S + i), so a user can
+ * regenerate any one image of a batch by its own seed. Each image gets its
+ * own generator; a batch is NOT one generator drawing several latents.
+ * Works on bigints so 64-bit seeds do not lose precision; the result is
+ * returned in the type given.
+ */
+export function seedForImage(baseSeed: number, index: number): number;
+export function seedForImage(baseSeed: bigint, index: number): bigint;
+export function seedForImage(baseSeed: number | bigint, index: number): number | bigint;
+export function seedForImage(baseSeed: number | bigint, index: number): number | bigint {
+  if (!Number.isSafeInteger(index) || index < 0) {
+    throw new LetheError('invalid-seed', `Batch index ${index} must be a non-negative integer.`);
+  }
+  if (typeof baseSeed === 'bigint') return baseSeed + BigInt(index);
+  const s = baseSeed + index;
+  if (!Number.isSafeInteger(baseSeed) || !Number.isSafeInteger(s)) {
+    throw new LetheError('invalid-seed', `Seed ${baseSeed} + ${index} is not exact as a number; pass the seed as a bigint.`);
+  }
+  return s;
+}
+
+/**
+ * torch's CPU generator: `new TorchCompatibleGenerator(s)` is
+ * `torch.Generator('cpu').manual_seed(s)`, `randn(n)` is
+ * `torch.randn(n, generator=g, dtype=torch.float32)` (any shape with n
+ * elements, row-major) and `rand(n)` is `torch.rand(...)`. Successive calls
+ * continue one stream exactly as successive torch calls on one generator do.
+ */
+export class TorchCompatibleGenerator {
+  /** The seed as torch reports it from `initial_seed()` (a uint64). */
+  readonly seed: bigint;
+  private readonly mt = new Uint32Array(N);
+  private index = N;
+  private nextNormal: number | null = null;
+  /** Scratch for the 16 uniforms (as 24-bit integers) of one Box-Muller chunk. */
+  private readonly chunk = new Int32Array(16);
+
+  constructor(seed: number | bigint) {
+    this.seed = toUint64Seed(seed);
+    const mt = this.mt;
+    mt[0] = Number(this.seed & 0xffffffffn);
+    for (let i = 1; i < N; i++) {
+      const prev = mt[i - 1];
+      mt[i] = Math.imul(1812433253, prev ^ (prev >>> 30)) + i;
+    }
+    this.index = N;
+  }
+
+  /** The next raw 32-bit mt19937 output (torch's `generator->random()`). */
+  nextUint32(): number {
+    if (this.index >= N) this.twist();
+    let y = this.mt[this.index++];
+    y ^= y >>> 11;
+    y ^= (y << 7) & 0x9d2c5680;
+    y ^= (y << 15) & 0xefc60000;
+    y ^= y >>> 18;
+    return y >>> 0;
+  }
+
+  private twist(): void {
+    const mt = this.mt;
+    let i = 0;
+    for (; i < N - M; i++) {
+      const y = (mt[i] & UPPER_MASK) | (mt[i + 1] & LOWER_MASK);
+      mt[i] = mt[i + M] ^ (y >>> 1) ^ (y & 1 ? MATRIX_A : 0);
+    }
+    for (; i < N - 1; i++) {
+      const y = (mt[i] & UPPER_MASK) | (mt[i + 1] & LOWER_MASK);
+      mt[i] = mt[i + M - N] ^ (y >>> 1) ^ (y & 1 ? MATRIX_A : 0);
+    }
+    const y = (mt[N - 1] & UPPER_MASK) | (mt[0] & LOWER_MASK);
+    mt[N - 1] = mt[M - 1] ^ (y >>> 1) ^ (y & 1 ? MATRIX_A : 0);
+    this.index = 0;
+  }
+
+  /** A uniform in [0, 1) with 53 random bits (torch's `uniform_real_distribution<double>`). */
+  private uniform53(): number {
+    const hi = this.nextUint32() & 0x1fffff;
+    const lo = this.nextUint32();
+    return (hi * TWO_POW_32 + lo) * TWO_POW_M53;
+  }
+
+  /** `torch.rand(numel, generator=g, dtype=torch.float32)`: uniforms in [0, 1). */
+  rand(numel: number): Float32Array {
+    checkNumel(numel);
+    const out = new Float32Array(numel);
+    for (let i = 0; i < numel; i++) out[i] = (this.nextUint32() & 0xffffff) * TWO_POW_M24;
+    return out;
+  }
+
+  /** `torch.randn(numel, generator=g, dtype=torch.float32)`: standard normals. */
+  randn(numel: number): Float32Array {
+    checkNumel(numel);
+    const out = new Float32Array(numel);
+    if (numel < 16) {
+      for (let i = 0; i < numel; i++) out[i] = this.normalScalar();
+      return out;
+    }
+    const chunk = this.chunk;
+    const whole = numel - (numel % 16);
+    for (let j = 0; j < whole; j += 16) {
+      for (let i = 0; i < 16; i++) chunk[i] = this.nextUint32() & 0xffffff;
+      boxMuller16(chunk, out, j);
+    }
+    if (whole !== numel) {
+      // torch fills all numel uniforms first, then redoes the last 16 with
+      // fresh draws: the partial chunk's uniforms are drawn and discarded.
+      for (let i = whole; i < numel; i++) this.nextUint32();
+      for (let i = 0; i < 16; i++) chunk[i] = this.nextUint32() & 0xffffff;
+      boxMuller16(chunk, out, numel - 16);
+    }
+    return out;
+  }
+
+  /** One value of torch's `at::normal_distribution<double>` (numel < 16 path). */
+  private normalScalar(): number {
+    const cached = this.nextNormal;
+    if (cached !== null) {
+      this.nextNormal = null;
+      return cached;
+    }
+    const u1 = this.uniform53();
+    const u2 = this.uniform53();
+    const r = Math.sqrt(-2 * Math.log1p(-u2));
+    const theta = 2 * Math.PI * u1;
+    this.nextNormal = r * Math.sin(theta);
+    return r * Math.cos(theta);
+  }
+
+  /** A JSON-serialisable checkpoint; `setState` resumes the identical stream. */
+  state(): GeneratorState {
+    return {
+      kind: 'torch-mt19937',
+      seed: this.seed.toString(),
+      mt: Array.from(this.mt),
+      index: this.index,
+      nextNormal: this.nextNormal,
+    };
+  }
+
+  /** Restores a checkpoint from `state()` (of this or any generator). */
+  setState(state: GeneratorState): void {
+    const ok =
+      state !== null &&
+      typeof state === 'object' &&
+      state.kind === 'torch-mt19937' &&
+      Array.isArray(state.mt) &&
+      state.mt.length === N &&
+      state.mt.every((w) => Number.isInteger(w) && w >= 0 && w <= 0xffffffff) &&
+      Number.isInteger(state.index) &&
+      state.index >= 0 &&
+      state.index <= N &&
+      (state.nextNormal === null || Number.isFinite(state.nextNormal)) &&
+      typeof state.seed === 'string' &&
+      /^\d+$/.test(state.seed) &&
+      BigInt(state.seed) <= UINT64_MAX;
+    if (!ok) {
+      throw new LetheError('invalid-generator-state', 'The saved random-generator state is malformed; it cannot be resumed.');
+    }
+    this.mt.set(state.mt);
+    this.index = state.index;
+    this.nextNormal = state.nextNormal;
+    (this as { seed: bigint }).seed = BigInt(state.seed);
+  }
+}
+
+function checkNumel(numel: number): void {
+  if (!Number.isSafeInteger(numel) || numel < 0) {
+    throw new RangeError(`numel must be a non-negative integer, got ${numel}`);
+  }
+}
+
+/**
+ * torch's `normal_fill_16_AVX2` on 16 uniforms given as 24-bit integers k
+ * (uniform = k * 2^-24), written to out[at..at+16). Every float32 operation of
+ * avx_mathfun.h's log256_ps and sincos256_ps is done in the same order with
+ * the same rounding, so the result is bit-identical.
+ */
+function boxMuller16(k: Int32Array, out: Float32Array, at: number): void {
+  for (let i = 0; i < 8; i++) {
+    // u1 = 1 - k*2^-24 = n * 2^-24 with n in [1, 2^24]: exact in float32.
+    const n = 0x1000000 - k[i];
+    const u2 = k[i + 8] * TWO_POW_M24;
+
+    // ---- log256_ps(u1) ----
+    // frexp by integer arithmetic: u1 = x * 2^e, x in [0.5, 1).
+    const b = 31 - Math.clz32(n); // n in [2^b, 2^(b+1))
+    let x = n * INV_POW2[b];
+    let e = b - 23;
+    if (x < SQRTHF) {
+      e -= 1;
+      x = x + x - 1; // exact: x in [0.5, 0.71)
+    } else {
+      x = x - 1; // exact (Sterbenz)
+    }
+    const z = fr(x * x);
+    let y = LOG_P0;
+    y = fr(fr(y * x) + LOG_P1);
+    y = fr(fr(y * x) + LOG_P2);
+    y = fr(fr(y * x) + LOG_P3);
+    y = fr(fr(y * x) + LOG_P4);
+    y = fr(fr(y * x) + LOG_P5);
+    y = fr(fr(y * x) + LOG_P6);
+    y = fr(fr(y * x) + LOG_P7);
+    y = fr(fr(y * x) + LOG_P8);
+    y = fr(y * x);
+    y = fr(y * z);
+    y = fr(y + fr(e * LOG_Q1));
+    y = fr(y - z * 0.5); // z * 0.5 is exact
+    x = fr(x + y);
+    const logU1 = fr(x + e * LOG_Q2); // e * LOG_Q2 is exact (|e| <= 24, Q2 has 9 bits)
+    const radius = fr(Math.sqrt(-2 * logU1)); // -2 * logU1 is exact
+
+    // ---- sincos256_ps(2 pi u2) ----
+    const theta = fr(TWO_PI_F * u2); // in [0, 2 pi): no sign handling needed
+    let j = fr(theta * FOPI) | 0; // truncation, as _mm256_cvttps_epi32
+    j = (j + 1) & ~1;
+    let t = fr(theta + fr(j * MINUS_DP1));
+    t = fr(t + fr(j * MINUS_DP2));
+    t = fr(t + fr(j * MINUS_DP3));
+    const tz = fr(t * t);
+    let yc = COSCOF_P0;
+    yc = fr(fr(yc * tz) + COSCOF_P1);
+    yc = fr(fr(yc * tz) + COSCOF_P2);
+    yc = fr(yc * tz);
+    yc = fr(yc * tz);
+    yc = fr(yc - tz * 0.5); // tz * 0.5 is exact
+    yc = fr(yc + 1);
+    let ys = SINCOF_P0;
+    ys = fr(fr(ys * tz) + SINCOF_P1);
+    ys = fr(fr(ys * tz) + SINCOF_P2);
+    ys = fr(ys * tz);
+    ys = fr(ys * t);
+    ys = fr(ys + t);
+    // Polynomial selection; the "+ 0" mirrors the masked add (-0 + 0 = +0).
+    let sin: number;
+    let cos: number;
+    if ((j & 2) === 0) {
+      sin = ys + 0;
+      cos = yc + 0;
+    } else {
+      sin = yc + 0;
+      cos = ys + 0;
+    }
+    if (j & 4) sin = -sin;
+    if (((j - 2) & 4) === 0) cos = -cos;
+
+    // fmadd(n, std = 1, mean = 0): + 0 turns -0 into +0 like the FMA does.
+    out[at + i] = fr(radius * cos) + 0;
+    out[at + i + 8] = fr(radius * sin) + 0;
+  }
+}
