@@ -88,6 +88,8 @@ describe('ClipTokenizer on a synthetic vocabulary', () => {
     expect(tok.tokenize('cat CATS ababab')).toEqual(['cat</w>', 'ca', 't', 's</w>', 'ab', 'ab', 'a', 'b</w>']);
     expect(tok.tokenize('x')).toEqual(['x</w>']);
     expect(tok.decode(tok.encode('cat CATS ababab'))).toBe('cat cats ababab');
+    // Python's `regex` (IGNORECASE) matches U+0345 with no branch: it is dropped and splits the word.
+    expect(tok.tokenize('x\u0345x')).toEqual(['x</w>', 'x</w>']);
   });
 
   it('maps pieces missing from the vocabulary to the unk token (<|endoftext|>)', () => {

@@ -107,6 +107,19 @@ export interface GeneratorState {
   readonly nextNormal: number | null;
 }
 
+export interface TorchGeneratorOptions {
+  /**
+   * randn (numel >= 16) as torch's x86-64 Linux builds compute it, with the
+   * multiply-adds GCC fuses into FMA instructions (default, true), or with
+   * every product rounded separately as avx_mathfun.h is written (false),
+   * which is what a build whose compiler does not contract across intrinsics
+   * gives (clang: macOS x86-64; MSVC: Windows, presumably; only the default
+   * is checked against a real torch). The two differ by 1-2 ulp in about 1%
+   * of values. rand and randn with numel < 16 are unaffected.
+   */
+  readonly fusedMultiplyAdd?: boolean;
+}
+
 /** Reads a seed the way `torch.Generator.manual_seed` does: a uint64, negatives as two's complement. */
 function toUint64Seed(seed: number | bigint): bigint {
   let s: bigint;
@@ -166,9 +179,11 @@ export class TorchCompatibleGenerator {
   private nextNormal: number | null = null;
   /** Scratch for the 16 uniforms (as 24-bit integers) of one Box-Muller chunk. */
   private readonly chunk = new Int32Array(16);
+  private readonly fill16: (k: Int32Array, out: Float32Array, at: number) => void;
 
-  constructor(seed: number | bigint) {
+  constructor(seed: number | bigint, options: TorchGeneratorOptions = {}) {
     this.seed = toUint64Seed(seed);
+    this.fill16 = options.fusedMultiplyAdd === false ? boxMuller16Plain : boxMuller16Fused;
     const mt = this.mt;
     mt[0] = Number(this.seed & 0xffffffffn);
     for (let i = 1; i < N; i++) {
@@ -232,14 +247,14 @@ export class TorchCompatibleGenerator {
     const whole = numel - (numel % 16);
     for (let j = 0; j < whole; j += 16) {
       for (let i = 0; i < 16; i++) chunk[i] = this.nextUint32() & 0xffffff;
-      boxMuller16(chunk, out, j);
+      this.fill16(chunk, out, j);
     }
     if (whole !== numel) {
       // torch fills all numel uniforms first, then redoes the last 16 with
       // fresh draws: the partial chunk's uniforms are drawn and discarded.
       for (let i = whole; i < numel; i++) this.nextUint32();
       for (let i = 0; i < 16; i++) chunk[i] = this.nextUint32() & 0xffffff;
-      boxMuller16(chunk, out, numel - 16);
+      this.fill16(chunk, out, numel - 16);
     }
     return out;
   }
@@ -302,13 +317,55 @@ function checkNumel(numel: number): void {
   }
 }
 
-/**
- * torch's `normal_fill_16_AVX2` on 16 uniforms given as 24-bit integers k
- * (uniform = k * 2^-24), written to out[at..at+16). Every float32 operation of
- * avx_mathfun.h's log256_ps and sincos256_ps is done in the same order with
- * the same rounding, so the result is bit-identical.
- */
-function boxMuller16(k: Int32Array, out: Float32Array, at: number): void {
+
+// ---------------------------------------------------------------------------
+// float32 fused multiply-add.
+//
+// a * b of two float32 values is exact in a double (48 <= 53 bits), so
+// s = a * b + c is a*b+c rounded once to double; rounding s again to float32
+// is the correctly rounded float32 result except when s landed exactly on a
+// float32 rounding midpoint (then the first rounding may have made a tie out
+// of a value that was not one). That case is detected from s's bits and
+// settled with the exact error of the addition (TwoSum).
+
+const F64 = new Float64Array(1);
+const U32 = new Uint32Array(F64.buffer);
+F64[0] = 1; // high word of 1.0 is 0x3ff00000: tells which word is low
+const LO = U32[0] === 0 ? 0 : 1;
+
+function fma32(a: number, b: number, c: number): number {
+  const s = a * b + c;
+  const r = fr(s);
+  if (r === s) return r;
+  F64[0] = s;
+  // A float32 midpoint (normal range) has exactly bit 28 set among the 29
+  // mantissa bits that float32 drops.
+  if ((U32[LO] & 0x1fffffff) !== 0x10000000) return r;
+  return fma32Tie(a * b, c, s, r);
+}
+
+function fma32Tie(p: number, c: number, s: number, r: number): number {
+  const bb = s - p;
+  const err = p - (s - bb) + (c - bb); // s + err == p + c exactly
+  if (err === 0) return r; // a true tie: round-half-even already right
+  const quarterUlp = Math.abs(s - r) / 2; // s is half an ulp from r
+  return fr(err > 0 ? s + quarterUlp : s - quarterUlp);
+}
+
+// ---------------------------------------------------------------------------
+// torch's normal_fill_16_AVX2 (ATen/native/cpu/DistributionTemplates.h) with
+// log256_ps and sincos256_ps (ATen/native/cpu/avx_mathfun.h), on 16 uniforms
+// given as 24-bit integers k (uniform = k * 2^-24), written to out[at..at+16).
+//
+// Two variants. `boxMuller16Fused` is what GCC emits for torch's x86-64 Linux
+// builds: the AVX2/AVX-512 kernels are compiled with -mfma and GCC's default
+// -ffp-contract=fast fuses a multiply feeding an add into one FMA (read off
+// the disassembly of Debian's libtorch_cpu 1.13 built by GCC 12, confirmed by
+// comparing outputs). Which pairs are fused is marked below. `boxMuller16Plain`
+// rounds every product separately, as the source reads (and as compilers that
+// do not contract across intrinsics, e.g. clang and MSVC, compile it).
+
+function boxMuller16Fused(k: Int32Array, out: Float32Array, at: number): void {
   for (let i = 0; i < 8; i++) {
     // u1 = 1 - k*2^-24 = n * 2^-24 with n in [1, 2^24]: exact in float32.
     const n = 0x1000000 - k[i];
@@ -326,19 +383,17 @@ function boxMuller16(k: Int32Array, out: Float32Array, at: number): void {
       x = x - 1; // exact (Sterbenz)
     }
     const z = fr(x * x);
-    let y = LOG_P0;
-    y = fr(fr(y * x) + LOG_P1);
-    y = fr(fr(y * x) + LOG_P2);
-    y = fr(fr(y * x) + LOG_P3);
-    y = fr(fr(y * x) + LOG_P4);
-    y = fr(fr(y * x) + LOG_P5);
-    y = fr(fr(y * x) + LOG_P6);
-    y = fr(fr(y * x) + LOG_P7);
-    y = fr(fr(y * x) + LOG_P8);
+    let y = fma32(LOG_P0, x, LOG_P1); // fused: y*x + p
+    y = fma32(y, x, LOG_P2);
+    y = fma32(y, x, LOG_P3);
+    y = fma32(y, x, LOG_P4);
+    y = fma32(y, x, LOG_P5);
+    y = fma32(y, x, LOG_P6);
+    y = fma32(y, x, LOG_P7);
+    y = fma32(y, x, LOG_P8);
     y = fr(y * x);
-    y = fr(y * z);
-    y = fr(y + fr(e * LOG_Q1));
-    y = fr(y - z * 0.5); // z * 0.5 is exact
+    y = fma32(y, z, fr(e * LOG_Q1)); // fused: y*z + e*q1
+    y = fr(y - z * 0.5); // z * 0.5 is exact, so fused or not is the same
     x = fr(x + y);
     const logU1 = fr(x + e * LOG_Q2); // e * LOG_Q2 is exact (|e| <= 24, Q2 has 9 bits)
     const radius = fr(Math.sqrt(-2 * logU1)); // -2 * logU1 is exact
@@ -347,38 +402,91 @@ function boxMuller16(k: Int32Array, out: Float32Array, at: number): void {
     const theta = fr(TWO_PI_F * u2); // in [0, 2 pi): no sign handling needed
     let j = fr(theta * FOPI) | 0; // truncation, as _mm256_cvttps_epi32
     j = (j + 1) & ~1;
+    let t = fma32(j, MINUS_DP1, theta); // fused: x + y*DP
+    t = fma32(j, MINUS_DP2, t);
+    t = fma32(j, MINUS_DP3, t);
+    const tz = fr(t * t);
+    let yc = fma32(COSCOF_P0, tz, COSCOF_P1); // fused
+    yc = fma32(yc, tz, COSCOF_P2);
+    yc = fr(yc * tz);
+    yc = fma32(yc, tz, -(tz * 0.5)); // fused: y*z - z*0.5
+    yc = fr(yc + 1);
+    let ys = fma32(SINCOF_P0, tz, SINCOF_P1); // fused
+    ys = fma32(ys, tz, SINCOF_P2);
+    ys = fr(ys * tz);
+    ys = fma32(ys, t, t); // fused: y2*x + x
+    store(out, at + i, radius, ys, yc, j);
+  }
+}
+
+function boxMuller16Plain(k: Int32Array, out: Float32Array, at: number): void {
+  for (let i = 0; i < 8; i++) {
+    const n = 0x1000000 - k[i];
+    const u2 = k[i + 8] * TWO_POW_M24;
+
+    const b = 31 - Math.clz32(n);
+    let x = n * INV_POW2[b];
+    let e = b - 23;
+    if (x < SQRTHF) {
+      e -= 1;
+      x = x + x - 1;
+    } else {
+      x = x - 1;
+    }
+    const z = fr(x * x);
+    let y = fr(fr(LOG_P0 * x) + LOG_P1);
+    y = fr(fr(y * x) + LOG_P2);
+    y = fr(fr(y * x) + LOG_P3);
+    y = fr(fr(y * x) + LOG_P4);
+    y = fr(fr(y * x) + LOG_P5);
+    y = fr(fr(y * x) + LOG_P6);
+    y = fr(fr(y * x) + LOG_P7);
+    y = fr(fr(y * x) + LOG_P8);
+    y = fr(y * x);
+    y = fr(fr(y * z) + fr(e * LOG_Q1));
+    y = fr(y - z * 0.5);
+    x = fr(x + y);
+    const logU1 = fr(x + e * LOG_Q2);
+    const radius = fr(Math.sqrt(-2 * logU1));
+
+    const theta = fr(TWO_PI_F * u2);
+    let j = fr(theta * FOPI) | 0;
+    j = (j + 1) & ~1;
     let t = fr(theta + fr(j * MINUS_DP1));
     t = fr(t + fr(j * MINUS_DP2));
     t = fr(t + fr(j * MINUS_DP3));
     const tz = fr(t * t);
-    let yc = COSCOF_P0;
-    yc = fr(fr(yc * tz) + COSCOF_P1);
+    let yc = fr(fr(COSCOF_P0 * tz) + COSCOF_P1);
     yc = fr(fr(yc * tz) + COSCOF_P2);
     yc = fr(yc * tz);
-    yc = fr(yc * tz);
-    yc = fr(yc - tz * 0.5); // tz * 0.5 is exact
+    yc = fr(fr(yc * tz) - tz * 0.5);
     yc = fr(yc + 1);
-    let ys = SINCOF_P0;
-    ys = fr(fr(ys * tz) + SINCOF_P1);
+    let ys = fr(fr(SINCOF_P0 * tz) + SINCOF_P1);
     ys = fr(fr(ys * tz) + SINCOF_P2);
     ys = fr(ys * tz);
-    ys = fr(ys * t);
-    ys = fr(ys + t);
-    // Polynomial selection; the "+ 0" mirrors the masked add (-0 + 0 = +0).
-    let sin: number;
-    let cos: number;
-    if ((j & 2) === 0) {
-      sin = ys + 0;
-      cos = yc + 0;
-    } else {
-      sin = yc + 0;
-      cos = ys + 0;
-    }
-    if (j & 4) sin = -sin;
-    if (((j - 2) & 4) === 0) cos = -cos;
-
-    // fmadd(n, std = 1, mean = 0): + 0 turns -0 into +0 like the FMA does.
-    out[at + i] = fr(radius * cos) + 0;
-    out[at + i + 8] = fr(radius * sin) + 0;
+    ys = fr(fr(ys * t) + t);
+    store(out, at + i, radius, ys, yc, j);
   }
+}
+
+/**
+ * Selects sin/cos from the two polynomials by octant j, applies the octant
+ * signs, and stores fmadd(radius * trig, std = 1, mean = 0) at `o` and `o + 8`.
+ */
+function store(out: Float32Array, o: number, radius: number, ys: number, yc: number, j: number): void {
+  // The "+ 0" mirrors the masked adds of sincos256_ps and the final fmadd
+  // with mean 0, which turn -0 into +0.
+  let sin: number;
+  let cos: number;
+  if ((j & 2) === 0) {
+    sin = ys + 0;
+    cos = yc + 0;
+  } else {
+    sin = yc + 0;
+    cos = ys + 0;
+  }
+  if (j & 4) sin = -sin;
+  if (((j - 2) & 4) === 0) cos = -cos;
+  out[o] = fr(radius * cos) + 0;
+  out[o + 8] = fr(radius * sin) + 0;
 }

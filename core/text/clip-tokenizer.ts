@@ -598,7 +598,10 @@ export class ClipTokenizer {
   }
 
   private tokenizePlain(text: string, out: string[]): void {
-    const cleaned = basicClean(text);
+    // U+0345 (combining ypogegrammeni) case-folds to a letter: JS's /iu
+    // matches it with \p{L}, Python's `regex` with IGNORECASE matches it with
+    // no branch, so findall skips it and it breaks the run. A space does the same.
+    const cleaned = basicClean(text).replaceAll('\u0345', ' ');
     for (const m of cleaned.matchAll(CLIP_PATTERN)) {
       let symbols = '';
       for (const b of Buffer.from(m[0], 'utf8')) symbols += BYTES.encode[b];
