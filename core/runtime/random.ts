@@ -52,8 +52,9 @@ import { LetheError } from '../errors.ts';
 
 const N = 624;
 const M = 397;
-const MATRIX_A = 0x9908b0df;
-const UPPER_MASK = 0x80000000;
+// The state is kept as int32 (same bits as uint32) so V8 stays on int32 paths.
+const MATRIX_A = 0x9908b0df | 0;
+const UPPER_MASK = 0x80000000 | 0;
 const LOWER_MASK = 0x7fffffff;
 
 const TWO_POW_M24 = 2 ** -24;
@@ -174,7 +175,7 @@ export function seedForImage(baseSeed: number | bigint, index: number): number |
 export class TorchCompatibleGenerator {
   /** The seed as torch reports it from `initial_seed()` (a uint64). */
   readonly seed: bigint;
-  private readonly mt = new Uint32Array(N);
+  private readonly mt = new Int32Array(N);
   private index = N;
   private nextNormal: number | null = null;
   /** Scratch for the 16 uniforms (as 24-bit integers) of one Box-Muller chunk. */
@@ -195,13 +196,17 @@ export class TorchCompatibleGenerator {
 
   /** The next raw 32-bit mt19937 output (torch's `generator->random()`). */
   nextUint32(): number {
+    return this.next32() >>> 0;
+  }
+
+  /** The next mt19937 output as an int32 (same bits). */
+  private next32(): number {
     if (this.index >= N) this.twist();
     let y = this.mt[this.index++];
     y ^= y >>> 11;
     y ^= (y << 7) & 0x9d2c5680;
     y ^= (y << 15) & 0xefc60000;
-    y ^= y >>> 18;
-    return y >>> 0;
+    return y ^ (y >>> 18);
   }
 
   private twist(): void {
@@ -222,8 +227,8 @@ export class TorchCompatibleGenerator {
 
   /** A uniform in [0, 1) with 53 random bits (torch's `uniform_real_distribution<double>`). */
   private uniform53(): number {
-    const hi = this.nextUint32() & 0x1fffff;
-    const lo = this.nextUint32();
+    const hi = this.next32() & 0x1fffff;
+    const lo = this.next32() >>> 0;
     return (hi * TWO_POW_32 + lo) * TWO_POW_M53;
   }
 
@@ -231,7 +236,7 @@ export class TorchCompatibleGenerator {
   rand(numel: number): Float32Array {
     checkNumel(numel);
     const out = new Float32Array(numel);
-    for (let i = 0; i < numel; i++) out[i] = (this.nextUint32() & 0xffffff) * TWO_POW_M24;
+    for (let i = 0; i < numel; i++) out[i] = (this.next32() & 0xffffff) * TWO_POW_M24;
     return out;
   }
 
@@ -246,14 +251,14 @@ export class TorchCompatibleGenerator {
     const chunk = this.chunk;
     const whole = numel - (numel % 16);
     for (let j = 0; j < whole; j += 16) {
-      for (let i = 0; i < 16; i++) chunk[i] = this.nextUint32() & 0xffffff;
+      for (let i = 0; i < 16; i++) chunk[i] = this.next32() & 0xffffff;
       this.fill16(chunk, out, j);
     }
     if (whole !== numel) {
       // torch fills all numel uniforms first, then redoes the last 16 with
       // fresh draws: the partial chunk's uniforms are drawn and discarded.
-      for (let i = whole; i < numel; i++) this.nextUint32();
-      for (let i = 0; i < 16; i++) chunk[i] = this.nextUint32() & 0xffffff;
+      for (let i = whole; i < numel; i++) this.next32();
+      for (let i = 0; i < 16; i++) chunk[i] = this.next32() & 0xffffff;
       this.fill16(chunk, out, numel - 16);
     }
     return out;
@@ -279,7 +284,7 @@ export class TorchCompatibleGenerator {
     return {
       kind: 'torch-mt19937',
       seed: this.seed.toString(),
-      mt: Array.from(this.mt),
+      mt: Array.from(this.mt, (w) => w >>> 0),
       index: this.index,
       nextNormal: this.nextNormal,
     };
@@ -304,7 +309,7 @@ export class TorchCompatibleGenerator {
     if (!ok) {
       throw new LetheError('invalid-generator-state', 'The saved random-generator state is malformed; it cannot be resumed.');
     }
-    this.mt.set(state.mt);
+    for (let i = 0; i < N; i++) this.mt[i] = state.mt[i] | 0;
     this.index = state.index;
     this.nextNormal = state.nextNormal;
     (this as { seed: bigint }).seed = BigInt(state.seed);
@@ -319,28 +324,25 @@ function checkNumel(numel: number): void {
 
 
 // ---------------------------------------------------------------------------
-// float32 fused multiply-add.
+// float32 fused multiply-add, exactly.
 //
 // a * b of two float32 values is exact in a double (48 <= 53 bits), so
-// s = a * b + c is a*b+c rounded once to double; rounding s again to float32
-// is the correctly rounded float32 result except when s landed exactly on a
-// float32 rounding midpoint (then the first rounding may have made a tie out
-// of a value that was not one). That case is detected from s's bits and
-// settled with the exact error of the addition (TwoSum).
-
-const F64 = new Float64Array(1);
-const U32 = new Uint32Array(F64.buffer);
-F64[0] = 1; // high word of 1.0 is 0x3ff00000: tells which word is low
-const LO = U32[0] === 0 ? 0 : 1;
+// s = a * b + c is a*b+c rounded once, to double; rounding s again to float32
+// gives the correctly rounded float32 result except when s landed exactly on
+// a float32 rounding midpoint (the first rounding may have made a tie out of
+// a value that was not one). With r = fround(s) and d = s - r, s is such a
+// midpoint exactly when r + 2d (= 2s - r, computed exactly: it lies in r's
+// binade or the one below, whose spacing divides s's) is itself a float32,
+// the neighbour of r on s's side; otherwise |2d| is less than the gap to
+// that neighbour. In the rare midpoint case the exact error of the addition
+// (TwoSum) says which way the true value lies. Only IEEE-754 double + - *
+// and fround are used, so this is exact on every engine.
 
 function fma32(a: number, b: number, c: number): number {
   const s = a * b + c;
   const r = fr(s);
-  if (r === s) return r;
-  F64[0] = s;
-  // A float32 midpoint (normal range) has exactly bit 28 set among the 29
-  // mantissa bits that float32 drops.
-  if ((U32[LO] & 0x1fffffff) !== 0x10000000) return r;
+  const m = 2 * s - r;
+  if (fr(m) !== m || m === r) return r;
   return fma32Tie(a * b, c, s, r);
 }
 
@@ -367,56 +369,58 @@ function fma32Tie(p: number, c: number, s: number, r: number): number {
 
 function boxMuller16Fused(k: Int32Array, out: Float32Array, at: number): void {
   for (let i = 0; i < 8; i++) {
-    // u1 = 1 - k*2^-24 = n * 2^-24 with n in [1, 2^24]: exact in float32.
-    const n = 0x1000000 - k[i];
-    const u2 = k[i + 8] * TWO_POW_M24;
-
-    // ---- log256_ps(u1) ----
-    // frexp by integer arithmetic: u1 = x * 2^e, x in [0.5, 1).
-    const b = 31 - Math.clz32(n); // n in [2^b, 2^(b+1))
-    let x = n * INV_POW2[b];
-    let e = b - 23;
-    if (x < SQRTHF) {
-      e -= 1;
-      x = x + x - 1; // exact: x in [0.5, 0.71)
-    } else {
-      x = x - 1; // exact (Sterbenz)
-    }
-    const z = fr(x * x);
-    let y = fma32(LOG_P0, x, LOG_P1); // fused: y*x + p
-    y = fma32(y, x, LOG_P2);
-    y = fma32(y, x, LOG_P3);
-    y = fma32(y, x, LOG_P4);
-    y = fma32(y, x, LOG_P5);
-    y = fma32(y, x, LOG_P6);
-    y = fma32(y, x, LOG_P7);
-    y = fma32(y, x, LOG_P8);
-    y = fr(y * x);
-    y = fma32(y, z, fr(e * LOG_Q1)); // fused: y*z + e*q1
-    y = fr(y - z * 0.5); // z * 0.5 is exact, so fused or not is the same
-    x = fr(x + y);
-    const logU1 = fr(x + e * LOG_Q2); // e * LOG_Q2 is exact (|e| <= 24, Q2 has 9 bits)
-    const radius = fr(Math.sqrt(-2 * logU1)); // -2 * logU1 is exact
-
-    // ---- sincos256_ps(2 pi u2) ----
-    const theta = fr(TWO_PI_F * u2); // in [0, 2 pi): no sign handling needed
-    let j = fr(theta * FOPI) | 0; // truncation, as _mm256_cvttps_epi32
-    j = (j + 1) & ~1;
-    let t = fma32(j, MINUS_DP1, theta); // fused: x + y*DP
-    t = fma32(j, MINUS_DP2, t);
-    t = fma32(j, MINUS_DP3, t);
-    const tz = fr(t * t);
-    let yc = fma32(COSCOF_P0, tz, COSCOF_P1); // fused
-    yc = fma32(yc, tz, COSCOF_P2);
-    yc = fr(yc * tz);
-    yc = fma32(yc, tz, -(tz * 0.5)); // fused: y*z - z*0.5
-    yc = fr(yc + 1);
-    let ys = fma32(SINCOF_P0, tz, SINCOF_P1); // fused
-    ys = fma32(ys, tz, SINCOF_P2);
-    ys = fr(ys * tz);
-    ys = fma32(ys, t, t); // fused: y2*x + x
-    store(out, at + i, radius, ys, yc, j);
+    sinCosFused(out, at + i, radiusFused(0x1000000 - k[i]), k[i + 8] * TWO_POW_M24);
   }
+}
+
+/** sqrt(-2 * log256_ps(u1)) for u1 = n * 2^-24, n in [1, 2^24] (exact in float32). */
+function radiusFused(n: number): number {
+  // frexp by integer arithmetic: u1 = x * 2^e, x in [0.5, 1).
+  const b = 31 - Math.clz32(n); // n in [2^b, 2^(b+1))
+  let x = n * INV_POW2[b];
+  let e = b - 23;
+  if (x < SQRTHF) {
+    e -= 1;
+    x = x + x - 1; // exact: x in [0.5, 0.71)
+  } else {
+    x = x - 1; // exact (Sterbenz)
+  }
+  const z = fr(x * x);
+  let y = fma32(LOG_P0, x, LOG_P1); // fused: y*x + p
+  y = fma32(y, x, LOG_P2);
+  y = fma32(y, x, LOG_P3);
+  y = fma32(y, x, LOG_P4);
+  y = fma32(y, x, LOG_P5);
+  y = fma32(y, x, LOG_P6);
+  y = fma32(y, x, LOG_P7);
+  y = fma32(y, x, LOG_P8);
+  y = fr(y * x);
+  y = fma32(y, z, fr(e * LOG_Q1)); // fused: y*z + e*q1
+  y = fr(y - z * 0.5); // z * 0.5 is exact, so fused or not is the same
+  x = fr(x + y);
+  const logU1 = fr(x + e * LOG_Q2); // e * LOG_Q2 is exact (|e| <= 24, Q2 has 9 bits)
+  return fr(Math.sqrt(-2 * logU1)); // -2 * logU1 is exact
+}
+
+/** sincos256_ps(2 pi u2), then the two outputs radius * cos and radius * sin. */
+function sinCosFused(out: Float32Array, o: number, radius: number, u2: number): void {
+  const theta = fr(TWO_PI_F * u2); // in [0, 2 pi): no sign handling needed
+  let j = fr(theta * FOPI) | 0; // truncation, as _mm256_cvttps_epi32
+  j = (j + 1) & ~1;
+  let t = fma32(j, MINUS_DP1, theta); // fused: x + y*DP
+  t = fma32(j, MINUS_DP2, t);
+  t = fma32(j, MINUS_DP3, t);
+  const tz = fr(t * t);
+  let yc = fma32(COSCOF_P0, tz, COSCOF_P1); // fused
+  yc = fma32(yc, tz, COSCOF_P2);
+  yc = fr(yc * tz);
+  yc = fma32(yc, tz, -(tz * 0.5)); // fused: y*z - z*0.5
+  yc = fr(yc + 1);
+  let ys = fma32(SINCOF_P0, tz, SINCOF_P1); // fused
+  ys = fma32(ys, tz, SINCOF_P2);
+  ys = fr(ys * tz);
+  ys = fma32(ys, t, t); // fused: y2*x + x
+  store(out, o, radius, ys, yc, j);
 }
 
 function boxMuller16Plain(k: Int32Array, out: Float32Array, at: number): void {

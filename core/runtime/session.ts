@@ -99,7 +99,7 @@ export class Session {
       if (data.length !== expected) throw new RuntimeSetupError(`input '${spec.name}': ${data.length} values given, ${expected} expected for [${spec.shape}]`);
       ortFeeds[spec.name] = new ort.Tensor(ORT_TYPE[spec.dtype], data, spec.shape);
     }
-    const result = await this.inner.run(ortFeeds, outputNames ? [...outputNames] : undefined);
+    const result = outputNames ? await this.inner.run(ortFeeds, [...outputNames]) : await this.inner.run(ortFeeds);
     const out: Record<string, HostTensor> = {};
     for (const spec of this.outputs) {
       const t = result[spec.name];
