@@ -4,8 +4,9 @@
  * seed S starts from the same latent noise as a diffusers pipeline given
  * `generator=torch.Generator('cpu').manual_seed(S)`.
  *
- * What torch does (ATen, verified against torch 1.13 on x86-64 and checked
- * against the 2.x sources; see tests/data/gen_torch_random.py):
+ * What torch does (ATen's CPUGeneratorImpl, DistributionsHelper.h and
+ * native/cpu/DistributionTemplates.h; checked against torch 1.13 on x86-64
+ * and against the 2.x sources, see tests/data/gen_torch_random.py):
  *
  * - Engine: mt19937. `manual_seed(seed)` takes the seed as a uint64 (a
  *   negative Python int is read as two's complement) and seeds mt19937 with
@@ -18,35 +19,42 @@
  *   t = 2 pi u2, d[j+i] = r cos t, d[j+i+8] = r sin t. If numel % 16 != 0 the
  *   last 16 elements are refilled with 16 fresh uniforms and transformed again
  *   (the numel % 16 uniforms drawn for the partial chunk are thrown away).
- *   On x86-64 with AVX2 or AVX-512 (the normal diffusers machine) log, sin and
- *   cos are avx_mathfun.h's float32 Cephes polynomials, NOT libm. Those are
- *   reproduced here operation by operation in float32 (Math.fround after
- *   every + - * and sqrt), which gives bit-identical results: every step is
- *   an IEEE-754 basic operation, correctly rounded in every JS engine, and
- *   double-then-fround is exactly float32 arithmetic for a single + - * / or
- *   sqrt of float32 operands (53 >= 2*24 + 2). No Math.log/sin/cos is used,
- *   so this path is bit-for-bit the same on every platform and engine.
+ *   On x86-64 with AVX2 or AVX-512 (the usual diffusers machine) log, sin and
+ *   cos are avx_mathfun.h's float32 Cephes polynomials, not libm, and GCC
+ *   fuses some of their multiply-adds into FMA instructions. Both are
+ *   reproduced here operation by operation: Math.fround after every float32
+ *   + - * and sqrt (for one operation on float32 operands, double-then-fround
+ *   IS float32 arithmetic, as 53 >= 2*24 + 2), and an exact float32 FMA
+ *   (`fma32`). Result: bit-identical to torch (0 differences in 33.5 million
+ *   values checked) using only IEEE-754 basic operations, which every JS
+ *   engine rounds correctly (Math.sqrt compiles to the hardware square-root
+ *   instruction). No Math.log/sin/cos is used, so this path, the one latents
+ *   take, is bit-for-bit the same on every platform, engine and engine version.
  * - `torch.randn(float32)` with numel < 16 (the "scalar" path): a double
  *   Box-Muller with 53-bit uniforms (two 32-bit draws, the first is the high
  *   word: ((a & 0x1fffff) * 2^32 + b) * 2^-53): u1, u2 drawn in that order,
  *   r = sqrt(-2 log1p(-u2)), t = 2 pi u1, returns r cos t and CACHES r sin t
  *   in the generator for the next scalar-path value, across calls (the vector
  *   path neither uses nor clears the cache). Results are rounded to float32.
- *   This path needs double log1p/sin/cos, i.e. Math.log1p/sin/cos, which the
- *   ECMAScript spec does not require to be correctly rounded. Node and
- *   Electron (V8) use the same fdlibm port on every platform, so Lethe is
- *   deterministic across platforms here too; against torch (glibc) the double
- *   results may differ in the last double bit, and after rounding to float32
- *   that shows only when the double lies within 2^-29 relative of a float32
- *   rounding boundary (about one value in 10^8-10^9), then as 1 float32 ulp.
- *   That is why the tests allow 1 ulp for randn even though every reference
- *   value matches exactly today.
+ *   This needs double log1p/sin/cos, i.e. Math.log1p/sin/cos, which the
+ *   ECMAScript spec does not require to be correctly rounded. V8 (Node,
+ *   Electron) implements them in portable C++ of its own (fdlibm/glibc ports),
+ *   not the platform libm, so one Node/Electron version gives the same
+ *   numbers on every OS and CPU. Against torch (glibc), or across V8 versions,
+ *   the double may differ in its last bit; rounding to float32 hides that
+ *   unless the double lies within 2^-53 relative of a float32 rounding
+ *   midpoint (about one value in 2^28), and then it shows as 1 float32 ulp.
+ *   Hence the tests allow 1 ulp on this path (every reference value matches
+ *   exactly today) and demand exact equality on the vector path.
  *
- * Not reproduced: torch.randn on machines WITHOUT AVX2 (ARM/Apple silicon,
- * or ATEN_CPU_CAPABILITY=default) uses libm logf/cosf/sinf in the vector path
- * and so gives slightly different numbers (most values differ by a few ulp)
- * even in torch itself; Lethe always gives the x86 numbers. torch.randint,
- * randperm, float64/half tensors and non-standard mean/std are not provided.
+ * Not reproduced: torch.randn on machines WITHOUT AVX2 (ARM, Apple silicon,
+ * ATEN_CPU_CAPABILITY=default) uses libm logf/cosf/sinf in the vector path,
+ * and torch builds whose compiler does not fuse multiply-adds (clang, MSVC)
+ * round differently (see `TorchGeneratorOptions.fusedMultiplyAdd`): torch
+ * itself gives different randn on those (e.g. without AVX2 about 40% of
+ * values differ, by up to 2e-6). Lethe gives the x86-64 Linux numbers by
+ * default. torch.randint, randperm, float64/half tensors and non-standard
+ * mean/std are not provided.
  */
 import { LetheError } from '../errors.ts';
 
@@ -209,6 +217,24 @@ export class TorchCompatibleGenerator {
     return y ^ (y >>> 18);
   }
 
+  /** Writes the low 24 bits of the next `count` outputs to dst[start..]. */
+  private fill24(dst: Int32Array, start: number, count: number): void {
+    const mt = this.mt;
+    let idx = this.index;
+    for (let i = start, end = start + count; i < end; i++) {
+      if (idx >= N) {
+        this.twist();
+        idx = 0;
+      }
+      let y = mt[idx++];
+      y ^= y >>> 11;
+      y ^= (y << 7) & 0x9d2c5680;
+      y ^= (y << 15) & 0xefc60000;
+      dst[i] = (y ^ (y >>> 18)) & 0xffffff;
+    }
+    this.index = idx;
+  }
+
   private twist(): void {
     const mt = this.mt;
     let i = 0;
@@ -236,7 +262,12 @@ export class TorchCompatibleGenerator {
   rand(numel: number): Float32Array {
     checkNumel(numel);
     const out = new Float32Array(numel);
-    for (let i = 0; i < numel; i++) out[i] = (this.next32() & 0xffffff) * TWO_POW_M24;
+    const block = new Int32Array(Math.min(numel, 4096));
+    for (let at = 0; at < numel; at += block.length) {
+      const count = Math.min(block.length, numel - at);
+      this.fill24(block, 0, count);
+      for (let i = 0; i < count; i++) out[at + i] = block[i] * TWO_POW_M24;
+    }
     return out;
   }
 
@@ -251,14 +282,14 @@ export class TorchCompatibleGenerator {
     const chunk = this.chunk;
     const whole = numel - (numel % 16);
     for (let j = 0; j < whole; j += 16) {
-      for (let i = 0; i < 16; i++) chunk[i] = this.next32() & 0xffffff;
+      this.fill24(chunk, 0, 16);
       this.fill16(chunk, out, j);
     }
     if (whole !== numel) {
       // torch fills all numel uniforms first, then redoes the last 16 with
       // fresh draws: the partial chunk's uniforms are drawn and discarded.
       for (let i = whole; i < numel; i++) this.next32();
-      for (let i = 0; i < 16; i++) chunk[i] = this.next32() & 0xffffff;
+      this.fill24(chunk, 0, 16);
       this.fill16(chunk, out, numel - 16);
     }
     return out;
