@@ -37,6 +37,8 @@ export const sign = (x: Tensor): Tensor => x.graph.node('sign', [x]);
 export const sigmoid = (x: Tensor): Tensor => x.graph.node('sigmoid', [x]);
 export const tanh = (x: Tensor): Tensor => x.graph.node('tanh', [x]);
 export const erf = (x: Tensor): Tensor => x.graph.node('erf', [x]);
+export const sin = (x: Tensor): Tensor => x.graph.node('sin', [x]);
+export const cos = (x: Tensor): Tensor => x.graph.node('cos', [x]);
 export const square = (x: Tensor): Tensor => mul(x, x);
 
 export const silu = (x: Tensor): Tensor => mul(x, sigmoid(x));

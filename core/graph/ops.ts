@@ -161,6 +161,8 @@ export type OpName =
   | 'sigmoid'
   | 'tanh'
   | 'erf'
+  | 'sin'
+  | 'cos'
   | 'clip'
   | 'cast'
   | 'stop_gradient'
@@ -236,6 +238,8 @@ const table: Record<OpName, OpDef> = {
   sigmoid: { infer: same, emit: simple('Sigmoid'), vjp: (g, y) => [F.mul(g, F.mul(y, F.sub(1, y)))] },
   tanh: { infer: same, emit: simple('Tanh'), vjp: (g, y) => [F.mul(g, F.sub(1, F.mul(y, y)))] },
   erf: { infer: same, emit: simple('Erf'), vjp: (g, y) => [F.mul(g, F.mul(F.exp(F.neg(F.square(y.inputs[0]))), 2 / Math.sqrt(Math.PI)))] },
+  sin: { infer: same, emit: simple('Sin'), vjp: (g, y) => [F.mul(g, F.cos(y.inputs[0]))] },
+  cos: { infer: same, emit: simple('Cos'), vjp: (g, y) => [F.neg(F.mul(g, F.sin(y.inputs[0])))] },
   clip: {
     infer: same,
     emit: (ctx, y, ins) => ctx.node('Clip', [ins[0], ctx.scalar(num(y.attrs, 'min'), y.dtype), ctx.scalar(num(y.attrs, 'max'), y.dtype)])[0],
