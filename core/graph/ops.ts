@@ -116,6 +116,36 @@ function attentionProbsVjp(dp: Tensor, p: Tensor, q: Tensor, k: Tensor, scale: n
   return [F.matmul(ds, k), F.matmul(F.transposeLast(ds), q)];
 }
 
+/**
+ * Weight gradient as im2col + one MatMul: the kh*kw strided windows of the
+ * padded input are stacked along channels and contracted with the output
+ * gradient. Several times faster on CPU than the convolution formulation,
+ * whose "kernel" is the whole output gradient.
+ */
+function weightGradIm2col(ctx: EmitContext, y: Tensor, ins: readonly string[]): string {
+  const [x, gy] = y.inputs;
+  const [n, c] = x.shape;
+  const [, o, ho, wo] = gy.shape;
+  const [kh, kw] = nums(y.attrs, 'kernel');
+  const [sh, sw] = nums(y.attrs, 'strides');
+  const [dh, dw] = nums(y.attrs, 'dilations');
+  const [pt, pl, pb, pr] = nums(y.attrs, 'pads');
+  const padded = pt || pl || pb || pr ? ctx.node('Pad', [ins[0], ctx.int64([0, 0, pt, pl, 0, 0, pb, pr]), ctx.scalar(0, x.dtype)], { mode: { s: 'constant' } })[0] : ins[0];
+  const windows: string[] = [];
+  for (let a = 0; a < kh; a++) {
+    for (let b = 0; b < kw; b++) {
+      const starts = [a * dh, b * dw];
+      const ends = [a * dh + (ho - 1) * sh + 1, b * dw + (wo - 1) * sw + 1];
+      windows.push(ctx.node('Slice', [padded, ctx.int64(starts), ctx.int64(ends), ctx.int64([2, 3]), ctx.int64([sh, sw])])[0]);
+    }
+  }
+  const cols = ctx.node('Reshape', [windows.length > 1 ? ctx.node('Concat', windows, { axis: i(1) })[0] : windows[0], ctx.int64([n, kh * kw * c, ho * wo])])[0];
+  const g2 = ctx.node('Reshape', [ins[1], ctx.int64([n, o, ho * wo])])[0];
+  let dw2 = ctx.node('MatMul', [g2, ctx.node('Transpose', [cols], { perm: ints([0, 2, 1]) })[0]])[0]; // [n, o, kh*kw*c]
+  dw2 = n > 1 ? ctx.node('ReduceSum', [dw2, ctx.int64([0])], { keepdims: i(0) })[0] : dw2;
+  return ctx.node('Transpose', [ctx.node('Reshape', [dw2, ctx.int64([o, kh, kw, c])])[0]], { perm: ints([0, 3, 1, 2]) })[0];
+}
+
 function convOpts(a: Attrs): F.Conv2dOptions {
   const s = nums(a, 'strides');
   const d = nums(a, 'dilations');
@@ -496,6 +526,18 @@ const table: Record<OpName, OpDef> = {
       const [dh, dw] = nums(y.attrs, 'dilations');
       const [oh, ow] = nums(y.attrs, 'out_size');
       const outputPadding = [oh - ((x.shape[2] - 1) * sh + (w.shape[2] - 1) * dh + 1 - pt - pb), ow - ((x.shape[3] - 1) * sw + (w.shape[3] - 1) * dw + 1 - pl - pr)];
+      const [kh, kw] = w.shape.slice(2);
+      const flipPads = [dh * (kh - 1) - pt, dw * (kw - 1) - pl, dh * (kh - 1) - pb + outputPadding[0], dw * (kw - 1) - pr + outputPadding[1]];
+      if (sh === 1 && sw === 1 && flipPads.every((p) => p >= 0)) {
+        // At stride 1 the transpose is a plain convolution with the kernel flipped and its
+        // channel axes swapped (per group): about twice as fast as ConvTranspose on CPU.
+        const G = num(y.attrs, 'group');
+        const [cin, coutG] = w.shape;
+        const flipped = ctx.node('Slice', [ins[1], ctx.int64([-1, -1]), ctx.int64([-(2 ** 62), -(2 ** 62)]), ctx.int64([2, 3]), ctx.int64([-1, -1])])[0];
+        const grouped = ctx.node('Reshape', [flipped, ctx.int64([G, cin / G, coutG, kh, kw])])[0];
+        const swapped = ctx.node('Reshape', [ctx.node('Transpose', [grouped], { perm: ints([0, 2, 1, 3, 4]) })[0], ctx.int64([G * coutG, cin / G, kh, kw])])[0];
+        return ctx.node('Conv', [ins[0], swapped], { kernel_shape: ints([kh, kw]), strides: ints([1, 1]), pads: ints(flipPads), dilations: ints([dh, dw]), group: i(G) })[0];
+      }
       return ctx.node('ConvTranspose', ins, { ...convOnnxAttrs(y.attrs, w.shape.slice(2)), output_padding: ints(outputPadding) })[0];
     },
     vjp: (g, y) => {
@@ -526,6 +568,7 @@ const table: Record<OpName, OpDef> = {
       const [n, c, h, w] = x.shape;
       const [, o, ho, wo] = gy.shape;
       const [kh, kw] = nums(y.attrs, 'kernel');
+      if (G === 1) return weightGradIm2col(ctx, y, ins);
       const xs = ctx.node('Reshape', [ctx.node('Transpose', [ctx.node('Reshape', [ins[0], ctx.int64([n, G, c / G, h, w])])[0]], { perm: ints([2, 1, 0, 3, 4]) })[0], ctx.int64([c / G, G * n, h, w])])[0];
       const gs = ctx.node('Reshape', [ctx.node('Transpose', [ctx.node('Reshape', [ins[1], ctx.int64([n, G, o / G, ho, wo])])[0]], { perm: ints([1, 2, 0, 3, 4]) })[0], ctx.int64([o, n, ho, wo])])[0];
       const attrs = { kernel_shape: ints([ho, wo]), strides: ints(nums(y.attrs, 'dilations')), dilations: ints(nums(y.attrs, 'strides')), pads: ints(nums(y.attrs, 'pads')), group: i(G) };

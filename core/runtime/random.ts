@@ -5,8 +5,11 @@
  * `generator=torch.Generator('cpu').manual_seed(S)`.
  *
  * What torch does (ATen's CPUGeneratorImpl, DistributionsHelper.h and
- * native/cpu/DistributionTemplates.h; checked against torch 1.13 on x86-64
- * and against the 2.x sources, see tests/data/gen_torch_random.py):
+ * native/cpu/DistributionTemplates.h). Verified bit for bit against torch
+ * 1.13 (Debian's build, GCC 12, x86-64; AVX2 and AVX-512 dispatch give the
+ * same numbers), see tests/data/gen_torch_random.py; torch 2.x's sources
+ * implement the same algorithm, but no 2.x build could be run here, so how
+ * its compiler fused multiply-adds (below) is assumed, not checked:
  *
  * - Engine: mt19937. `manual_seed(seed)` takes the seed as a uint64 (a
  *   negative Python int is read as two's complement) and seeds mt19937 with
@@ -26,7 +29,7 @@
  *   + - * and sqrt (for one operation on float32 operands, double-then-fround
  *   IS float32 arithmetic, as 53 >= 2*24 + 2), and an exact float32 FMA
  *   (`fma32`). Result: bit-identical to torch (0 differences in 33.5 million
- *   values checked) using only IEEE-754 basic operations, which every JS
+ *   values checked while writing this; the tests check ~0.3 million) using only IEEE-754 basic operations, which every JS
  *   engine rounds correctly (Math.sqrt compiles to the hardware square-root
  *   instruction). No Math.log/sin/cos is used, so this path, the one latents
  *   take, is bit-for-bit the same on every platform, engine and engine version.
@@ -106,7 +109,7 @@ const INV_POW2 = Float64Array.from({ length: 26 }, (_, b) => 2 ** -(b + 1));
 /** A checkpoint of a generator; plain JSON (numbers are exact in JSON). */
 export interface GeneratorState {
   readonly kind: 'torch-mt19937';
-  /** The seed as given to the constructor, as a uint64 decimal string. */
+  /** The generator's seed (uint64) as a decimal string; informational. */
   readonly seed: string;
   /** The 624 mt19937 state words. */
   readonly mt: readonly number[];
@@ -181,8 +184,7 @@ export function seedForImage(baseSeed: number | bigint, index: number): number |
  * continue one stream exactly as successive torch calls on one generator do.
  */
 export class TorchCompatibleGenerator {
-  /** The seed as torch reports it from `initial_seed()` (a uint64). */
-  readonly seed: bigint;
+  private seedValue: bigint;
   private readonly mt = new Int32Array(N);
   private index = N;
   private nextNormal: number | null = null;
@@ -191,15 +193,20 @@ export class TorchCompatibleGenerator {
   private readonly fill16: (k: Int32Array, out: Float32Array, at: number) => void;
 
   constructor(seed: number | bigint, options: TorchGeneratorOptions = {}) {
-    this.seed = toUint64Seed(seed);
+    this.seedValue = toUint64Seed(seed);
     this.fill16 = options.fusedMultiplyAdd === false ? boxMuller16Plain : boxMuller16Fused;
     const mt = this.mt;
-    mt[0] = Number(this.seed & 0xffffffffn);
+    mt[0] = Number(this.seedValue & 0xffffffffn); // only the low 32 bits, as torch
     for (let i = 1; i < N; i++) {
       const prev = mt[i - 1];
       mt[i] = Math.imul(1812433253, prev ^ (prev >>> 30)) + i;
     }
     this.index = N;
+  }
+
+  /** The seed as torch's `initial_seed()` reports it: a uint64 (after `setState`, the restored one). */
+  get seed(): bigint {
+    return this.seedValue;
   }
 
   /** The next raw 32-bit mt19937 output (torch's `generator->random()`). */
@@ -343,7 +350,7 @@ export class TorchCompatibleGenerator {
     for (let i = 0; i < N; i++) this.mt[i] = state.mt[i] | 0;
     this.index = state.index;
     this.nextNormal = state.nextNormal;
-    (this as { seed: bigint }).seed = BigInt(state.seed);
+    this.seedValue = BigInt(state.seed);
   }
 }
 
@@ -352,7 +359,6 @@ function checkNumel(numel: number): void {
     throw new RangeError(`numel must be a non-negative integer, got ${numel}`);
   }
 }
-
 
 // ---------------------------------------------------------------------------
 // float32 fused multiply-add, exactly.
@@ -369,7 +375,8 @@ function checkNumel(numel: number): void {
 // (TwoSum) says which way the true value lies. Only IEEE-754 double + - *
 // and fround are used, so this is exact on every engine.
 
-function fma32(a: number, b: number, c: number): number {
+/** float32 fma(a, b, c) of float32 values, correctly rounded (normal-range results). Exported for the tests. */
+export function fma32(a: number, b: number, c: number): number {
   const s = a * b + c;
   const r = fr(s);
   const m = 2 * s - r;

@@ -129,7 +129,7 @@ function sessionOptions(model: EmittedModel, provider: ProviderName, o: SessionO
     enableCpuMemArena: o.memoryArena ?? true,
     enableMemPattern: true,
     ...(o.optimizedModelPath ? { optimizedModelFilePath: o.optimizedModelPath } : {}),
-    enableProfiling: o.profile ?? false,
+    ...(o.profile ? { enableProfiling: true, profileFilePrefix: 'onnxruntime_profile' } : {}),
     extra: { session },
   };
 }

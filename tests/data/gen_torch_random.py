@@ -27,9 +27,11 @@ import sys
 
 import torch
 
-FULL_LIMIT = 64  # tensors up to this many elements are stored in full
+FULL_LIMIT = 40  # tensors up to this many elements are stored in full
 
-SEEDS = [0, 1, 42, 2**32 + 5, 0xDEADBEEFCAFEF00D, 2**64 - 1]
+# 2**32 + 5 seeds like 5 (only the low 32 bits reach mt19937); -1 is read as
+# 2**64 - 1 (two's complement).
+SEEDS = [0, 42, 2**32 + 5, 0xDEADBEEFCAFEF00D, -1]
 
 # Each plan is a list of draws (kind, shape) made in order from one generator.
 PLANS = [
@@ -53,7 +55,7 @@ PLANS = [
 ]
 
 # Extra seeds for the bulk exactness check of the vector path.
-BULK_SEEDS = list(range(100, 116))
+BULK_SEEDS = list(range(100, 108))
 
 
 def describe(t: torch.Tensor) -> dict:
