@@ -1,7 +1,7 @@
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['node_modules/**', 'dist/**', 'out/**', 'coverage/**', '**/*.js', '!eslint.config.js'] },
+  { ignores: ['.tmp/**', 'node_modules/**', 'dist/**', 'out/**', 'coverage/**', '**/*.js', '!eslint.config.js'] },
   ...tseslint.configs.recommended,
   {
     rules: {
