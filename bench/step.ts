@@ -22,6 +22,9 @@ interface RunConfig {
   warmup: number;
   steps: number;
   provider: ProviderName | 'auto';
+  memoryArena?: boolean;
+  memoryPattern?: boolean;
+  optimizer?: 'adamw' | 'sgd';
 }
 
 const MB = 1024 * 1024;
@@ -55,8 +58,8 @@ async function measureOne(cfg: RunConfig): Promise<Record<string, unknown>> {
   const trainer = await Trainer.create({
     loss: m.loss,
     params: Object.fromEntries(names.map((n, k) => [n, { tensor: m.params[n], init: init(m.params[n].size, m.params[n].shape.slice(1).reduce((a, b) => a * b, 1) || 1, k + 1) }])),
-    optimizer: { kind: 'adamw', lr: 1e-4, weightDecay: 0.01 },
-    session: { provider: cfg.provider, threads: cfg.threads },
+    optimizer: cfg.optimizer === 'sgd' ? { kind: 'sgd', lr: 1e-4 } : { kind: 'adamw', lr: 1e-4, weightDecay: 0.01 },
+    session: { provider: cfg.provider, threads: cfg.threads, memoryArena: cfg.memoryArena ?? true, memoryPattern: cfg.memoryPattern ?? true },
   });
   const feeds = Object.fromEntries(Object.entries(m.data).map(([k, shape], j) => [k, init(shape.reduce((a, b) => a * b, 1), 1, 100 + j)]));
   const baseline = process.memoryUsage().rss;

@@ -22,6 +22,8 @@ function fmt(x: number): string {
 async function parity(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({ args, options: { json: { type: 'boolean' } }, allowPositionals: true });
   if (positionals.length === 0) throw new LetheError('usage', `lethe dev parity: name a fixture directory\n${USAGE}`);
+  const missing = positionals.filter((d) => !existsSync(d));
+  if (missing.length) throw new LetheError('usage', `no such directory: ${missing.join(', ')}`);
   const dirs = positionals.flatMap((d) =>
     existsSync(path.join(d, 'fixture.json'))
       ? [d]

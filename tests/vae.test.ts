@@ -94,9 +94,9 @@ describe.skipIf(!hasShared)('AutoencoderKL against the vae-decode and vae-encode
     }
   });
 
-  it('decodes odd latent sizes (downsampling pads right and bottom only)', async () => {
+  it('encodes odd image sizes as PyTorch does: pad right and bottom by 1, then stride 2 (15x9 -> 7x4 -> 3x2)', async () => {
     const out = await runVaeOnce(weights, cfg, 'encode', noise([1, 3, 15, 9], 3));
-    expect(out.mean.shape).toEqual([1, 4, 4, 3]);
+    expect(out.mean.shape).toEqual([1, 4, 3, 2]);
   });
 
   it('reads the pre-0.14 attention names (query/key/value/proj_attn) through withLegacyVaeAttentionNames', async () => {

@@ -71,6 +71,9 @@ export interface GenerateResult {
   warnings: string[];
   trace?: { unetOut: Float32Array[]; latents: Float32Array[] };
   timings: { textMs: number; denoiseMs: number; decodeMs: number; compileMs: number };
+  /** The execution provider the denoising ran on, and why not the one asked for, if so. */
+  provider: string;
+  providerNote: string | null;
 }
 
 export class GenerationCancelled extends LetheError {
@@ -172,6 +175,8 @@ export class TextToImage {
       warnings,
       ...(trace ? { trace } : {}),
       timings: { textMs, denoiseMs: t2 - t1, decodeMs: t3 - t2, compileMs: this.compileMs },
+      provider: stepSession.provider,
+      providerNote: stepSession.fallbackNote,
     };
   }
 

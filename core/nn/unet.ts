@@ -138,7 +138,7 @@ export function parseUNetConfig(json: unknown): UNetConfig {
     flip_sin_to_cos: bool(raw, 'flip_sin_to_cos', d.flip_sin_to_cos),
     freq_shift: num(raw, 'freq_shift', d.freq_shift),
     down_block_types: names(raw, 'down_block_types', d.down_block_types, ['CrossAttnDownBlock2D', 'DownBlock2D']),
-    mid_block_type: names(raw, 'mid_block_type', [d.mid_block_type], ['UNetMidBlock2DCrossAttn'])[0],
+    mid_block_type: names(raw, 'mid_block_type', d.mid_block_type, ['UNetMidBlock2DCrossAttn'])[0],
     up_block_types: names(raw, 'up_block_types', d.up_block_types, ['UpBlock2D', 'CrossAttnUpBlock2D']),
     block_out_channels: ints(raw, 'block_out_channels', d.block_out_channels),
     layers_per_block: int(raw, 'layers_per_block', d.layers_per_block),
@@ -152,42 +152,43 @@ export function parseUNetConfig(json: unknown): UNetConfig {
   if (cfg.down_block_types.length !== n || cfg.up_block_types.length !== n) {
     throw new UNetConfigError('block_out_channels', null, `UNet config: ${n} block_out_channels but ${cfg.down_block_types.length} down and ${cfg.up_block_types.length} up block types`);
   }
-  for (const c of cfg.block_out_channels) {
+  cfg.block_out_channels.forEach((c, i) => {
     if (c % cfg.norm_num_groups !== 0) throw new UNetConfigError('norm_num_groups', null, `UNet config: ${c} channels do not split into norm_num_groups = ${cfg.norm_num_groups}`);
-    if (c % cfg.attention_head_dim !== 0) throw new UNetConfigError('attention_head_dim', null, `UNet config: ${c} channels do not split into attention_head_dim = ${cfg.attention_head_dim} heads`);
-  }
+    const attends = i === n - 1 || cfg.down_block_types[i] === 'CrossAttnDownBlock2D' || cfg.up_block_types[n - 1 - i] === 'CrossAttnUpBlock2D';
+    if (attends && c % cfg.attention_head_dim !== 0) throw new UNetConfigError('attention_head_dim', null, `UNet config: ${c} channels do not split into attention_head_dim = ${cfg.attention_head_dim} heads`);
+  });
   return cfg;
 }
 
 function int(raw: Record<string, unknown>, key: string, fallback: number): number {
-  const v = raw[key] ?? fallback;
+  const v = raw[key] === undefined ? fallback : raw[key];
   if (Array.isArray(v)) throw new UNetConfigError(key, null, `UNet config: ${key} as a per-block list is not SD 1.x style; expected one positive integer`);
   if (!Number.isInteger(v) || (v as number) < 1) throw new UNetConfigError(key, null, `UNet config: ${key} must be a positive integer, got ${JSON.stringify(v)}`);
   return v as number;
 }
 
 function num(raw: Record<string, unknown>, key: string, fallback: number): number {
-  const v = raw[key] ?? fallback;
+  const v = raw[key] === undefined ? fallback : raw[key];
   if (typeof v !== 'number' || !Number.isFinite(v)) throw new UNetConfigError(key, null, `UNet config: ${key} must be a number, got ${JSON.stringify(v)}`);
   return v;
 }
 
 function bool(raw: Record<string, unknown>, key: string, fallback: boolean): boolean {
-  const v = raw[key] ?? fallback;
+  const v = raw[key] === undefined ? fallback : raw[key];
   if (typeof v !== 'boolean') throw new UNetConfigError(key, null, `UNet config: ${key} must be true or false, got ${JSON.stringify(v)}`);
   return v;
 }
 
 function ints(raw: Record<string, unknown>, key: string, fallback: readonly number[]): number[] {
-  const v = raw[key] ?? fallback;
+  const v = raw[key] === undefined ? fallback : raw[key];
   if (!Array.isArray(v) || v.length === 0 || !v.every((x) => Number.isInteger(x) && x > 0)) {
     throw new UNetConfigError(key, null, `UNet config: ${key} must be a non-empty list of positive integers, got ${JSON.stringify(v)}`);
   }
   return v as number[];
 }
 
-function names<T extends string>(raw: Record<string, unknown>, key: string, fallback: readonly T[], allowed: readonly T[]): T[] {
-  const v = raw[key] ?? fallback;
+function names<T extends string>(raw: Record<string, unknown>, key: string, fallback: T | readonly T[], allowed: readonly T[]): T[] {
+  const v = raw[key] === undefined ? fallback : raw[key];
   const list = Array.isArray(v) ? v : [v];
   for (const x of list) {
     if (!allowed.includes(x as T)) throw new UNetConfigError(key, null, `UNet config: ${key} ${JSON.stringify(x)} is not an SD 1.x block (expected ${allowed.join(' or ')})`);
@@ -205,7 +206,7 @@ export type Tap = (module: string, output: Tensor) => void;
  * [B], or [] for all) given `encoderHiddenStates` [B, L, cross_attention_dim].
  */
 export function unet(s: Scope, cfg: UNetConfig, sample: Tensor, timestep: Tensor, encoderHiddenStates: Tensor, tap?: Tap): Tensor {
-  const [b, inC, height, width] = sample.shape;
+  const [b, inC] = sample.shape;
   checkInputs(cfg, sample, timestep, encoderHiddenStates);
   const out = (m: Scope, t: Tensor): Tensor => {
     tap?.(m.prefix, t);
@@ -245,8 +246,8 @@ export function unet(s: Scope, cfg: UNetConfig, sample: Tensor, timestep: Tensor
   h = out(mid.scope('resnets').scope(1), resnet(mid.scope('resnets').scope(1), h, temb, channels[levels - 1], cfg));
   out(mid, h);
 
-  // 5. up: each resnet takes the latest skip; sizes that do not halve evenly resize to the next skip
-  const toSkipSize = [height, width].some((d) => d % 2 ** (levels - 1) !== 0);
+  // 5. up: each resnet takes the latest skip; the upsampler resizes to the next skip's size, which is
+  // x2 when the latent size halves evenly and what diffusers' forwarded upsample_size gives when not
   cfg.up_block_types.forEach((type, i) => {
     const block = s.scope('up_blocks').scope(i);
     const c = channels[levels - 1 - i];
@@ -256,7 +257,7 @@ export function unet(s: Scope, cfg: UNetConfig, sample: Tensor, timestep: Tensor
       if (type === 'CrossAttnUpBlock2D') h = out(block.scope('attentions').scope(j), transformer2d(block.scope('attentions').scope(j), h, ctx, cfg));
     }
     if (i < levels - 1) {
-      const [outH, outW] = toSkipSize ? skips[skips.length - 1].shape.slice(2) : [2 * h.shape[2], 2 * h.shape[3]];
+      const [outH, outW] = skips[skips.length - 1].shape.slice(2);
       h = out(block.scope('upsamplers').scope(0), upsample(block.scope('upsamplers').scope(0), h, outH, outW));
     }
     out(block, h);

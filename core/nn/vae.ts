@@ -104,7 +104,7 @@ export interface VaeLatentDist {
 /** encode(image).latent_dist: encoder, quant_conv, split into mean and log-variance. `scope` is the VAE root. */
 export function vaeEncode(scope: Scope, cfg: VaeConfig, image: Tensor): VaeLatentDist {
   const c = 2 * cfg.latent_channels;
-  const moments = L.conv2d(scope.scope('quant_conv'), encoder(scope.scope('encoder'), cfg, image), c, c, 1);
+  const moments = L.conv2d(scope.scope('quant_conv'), vaeEncoder(scope.scope('encoder'), cfg, image), c, c, 1);
   const [mean, logvar] = F.split(moments, 1, 2);
   const clamped = F.clip(logvar, -30, 20);
   return { mean, logvar: clamped, std: F.exp(F.mul(clamped, 0.5)) };
@@ -113,11 +113,11 @@ export function vaeEncode(scope: Scope, cfg: VaeConfig, image: Tensor): VaeLaten
 /** decode(z).sample: post_quant_conv, then the decoder. `z` is unscaled (already divided by scaling_factor). */
 export function vaeDecode(scope: Scope, cfg: VaeConfig, z: Tensor): Tensor {
   const c = cfg.latent_channels;
-  return decoder(scope.scope('decoder'), cfg, L.conv2d(scope.scope('post_quant_conv'), z, c, c, 1));
+  return vaeDecoder(scope.scope('decoder'), cfg, L.conv2d(scope.scope('post_quant_conv'), z, c, c, 1));
 }
 
 /** Encoder: image [B, in, H, W] -> moments [B, 2 latent, H/f, W/f]. */
-export function encoder(s: Scope, cfg: VaeConfig, image: Tensor): Tensor {
+export function vaeEncoder(s: Scope, cfg: VaeConfig, image: Tensor): Tensor {
   const ch = cfg.block_out_channels;
   // 1. conv_in
   let h = L.conv2d(s.scope('conv_in'), image, cfg.in_channels, ch[0], 3, { padding: 1 });
@@ -138,7 +138,7 @@ export function encoder(s: Scope, cfg: VaeConfig, image: Tensor): Tensor {
 }
 
 /** Decoder: latents [B, latent, h, w] -> image [B, out, h*f, w*f]. */
-export function decoder(s: Scope, cfg: VaeConfig, z: Tensor): Tensor {
+export function vaeDecoder(s: Scope, cfg: VaeConfig, z: Tensor): Tensor {
   const ch = [...cfg.block_out_channels].reverse();
   // 1. conv_in
   let h = L.conv2d(s.scope('conv_in'), z, cfg.latent_channels, ch[0], 3, { padding: 1 });

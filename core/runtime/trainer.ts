@@ -46,7 +46,14 @@ export class Trainer {
     private params: Record<string, Float32Array>,
     private slots: Record<string, Float32Array>,
     private readonly extraOutputs: string[],
-  ) {}
+  ) {
+    this.spareParams = mapValues(params, (v) => new Float32Array(v.length));
+    this.spareSlots = mapValues(slots, (v) => new Float32Array(v.length));
+  }
+
+  /** The step writes its updated tensors here, then the two sets swap: no per-step allocation. */
+  private spareParams: Record<string, Float32Array>;
+  private spareSlots: Record<string, Float32Array>;
 
   static async create(spec: TrainerSpec): Promise<Trainer> {
     const { loss, optimizer } = spec;
@@ -90,7 +97,10 @@ export class Trainer {
     const all: Record<string, HostTensor | Feeds[string]> = { ...feeds, ...stepScalars(this.cfg, t, lr) };
     for (const [n, v] of Object.entries(this.params)) all[this.graphNames[n]] = v;
     for (const [k, v] of Object.entries(this.slots)) all[k] = v;
-    const out = await this.session.run(all);
+    const into: Record<string, Float32Array> = {};
+    for (const [n, v] of Object.entries(this.spareParams)) into[`new.${n}`] = v;
+    for (const [k, v] of Object.entries(this.spareSlots)) into[`new.${k}`] = v;
+    const out = await this.session.run(all, undefined, into);
     const loss = out.loss.data[0] as number;
     const gradNorm = out['optim.grad_norm'].data[0] as number;
     if (out['optim.finite'].data[0] !== 1) {
@@ -101,30 +111,36 @@ export class Trainer {
         `step ${t}: the ${which[0]} became ${Number.isNaN(Number.isFinite(loss) ? gradNorm : loss) ? 'NaN' : 'infinite'}; the weights were kept at step ${t - 1}. Lower the learning rate, enable gradient clipping, or check the inputs for NaN.`,
       );
     }
-    for (const n of Object.keys(this.params)) this.params[n] = out[`new.${n}`].data as Float32Array;
-    for (const k of Object.keys(this.slots)) this.slots[k] = out[`new.${k}`].data as Float32Array;
+    [this.params, this.spareParams] = [this.spareParams, this.params];
+    [this.slots, this.spareSlots] = [this.spareSlots, this.slots];
     this.stepCount = t;
     return { step: t, loss, gradNorm, outputs: Object.fromEntries(this.extraOutputs.map((k) => [k, out[k]])) };
   }
 
+  /** A copy of the current value of a trained tensor. */
   parameter(name: string): Float32Array {
-    return this.params[name];
+    return Float32Array.from(this.params[name]);
   }
 
+  /** A copy of everything needed to resume (the live buffers are reused by later steps). */
   saveState(): TrainerState {
-    return { step: this.stepCount, params: { ...this.params }, slots: { ...this.slots } };
+    return { step: this.stepCount, params: mapValues(this.params, (v) => Float32Array.from(v)), slots: mapValues(this.slots, (v) => Float32Array.from(v)) };
   }
 
   loadState(state: TrainerState): void {
     for (const n of Object.keys(this.params)) {
       if (state.params[n]?.length !== this.params[n].length) throw new GraphBuildError(`Trainer.loadState: '${n}' is missing or has the wrong size`);
     }
-    this.params = { ...state.params };
-    this.slots = { ...state.slots };
+    this.params = mapValues(state.params, (v) => Float32Array.from(v));
+    this.slots = mapValues(state.slots, (v) => Float32Array.from(v));
     this.stepCount = state.step;
   }
 
   async release(): Promise<void> {
     await this.session.release();
   }
+}
+
+function mapValues<T, U>(o: Record<string, T>, f: (v: T) => U): Record<string, U> {
+  return Object.fromEntries(Object.entries(o).map(([k, v]) => [k, f(v)]));
 }
