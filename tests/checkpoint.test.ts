@@ -505,6 +505,8 @@ describe.skipIf(!hasShared)('openModel on models built from the fixture weights'
     makeFolder(noIndex, { omit: ['model_index.json'] });
     expect(() => open(noIndex)).toThrow(/model_index\.json is missing/);
 
+    expect(() => open(path.join(diffusersDir, 'unet'))).toThrow(/component folder.*open the folder above it/);
+
     const noMerges = path.join(tmp, 'no-merges');
     makeFolder(noMerges, { omit: ['tokenizer/merges.txt'] });
     expect(() => open(noMerges)).toThrow(/tokenizer\/merges\.txt/);

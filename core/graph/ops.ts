@@ -117,10 +117,11 @@ function attentionProbsVjp(dp: Tensor, p: Tensor, q: Tensor, k: Tensor, scale: n
 }
 
 /**
- * Weight gradient as im2col + one MatMul: the kh*kw strided windows of the
- * padded input are stacked along channels and contracted with the output
- * gradient. Several times faster on CPU than the convolution formulation,
- * whose "kernel" is the whole output gradient.
+ * Weight gradient without a convolution: for each kernel offset (a, b) the
+ * strided window of the padded input is contracted with the output gradient
+ * in one MatMul ([n, o, P] x [n, P, c]); the kh*kw small results are stacked.
+ * Several times faster on CPU than the convolution formulation, whose
+ * "kernel" is the whole output gradient, and no 9x-input concat is built.
  */
 function weightGradIm2col(ctx: EmitContext, y: Tensor, ins: readonly string[]): string {
   const [x, gy] = y.inputs;
@@ -131,19 +132,21 @@ function weightGradIm2col(ctx: EmitContext, y: Tensor, ins: readonly string[]): 
   const [dh, dw] = nums(y.attrs, 'dilations');
   const [pt, pl, pb, pr] = nums(y.attrs, 'pads');
   const padded = pt || pl || pb || pr ? ctx.node('Pad', [ins[0], ctx.int64([0, 0, pt, pl, 0, 0, pb, pr]), ctx.scalar(0, x.dtype)], { mode: { s: 'constant' } })[0] : ins[0];
-  const windows: string[] = [];
+  const g2 = ctx.node('Reshape', [ins[1], ctx.int64([n, o, ho * wo])])[0];
+  const perOffset: string[] = [];
   for (let a = 0; a < kh; a++) {
     for (let b = 0; b < kw; b++) {
       const starts = [a * dh, b * dw];
       const ends = [a * dh + (ho - 1) * sh + 1, b * dw + (wo - 1) * sw + 1];
-      windows.push(ctx.node('Slice', [padded, ctx.int64(starts), ctx.int64(ends), ctx.int64([2, 3]), ctx.int64([sh, sw])])[0]);
+      const window = ctx.node('Slice', [padded, ctx.int64(starts), ctx.int64(ends), ctx.int64([2, 3]), ctx.int64([sh, sw])])[0];
+      const cols = ctx.node('Reshape', [window, ctx.int64([n, c, ho * wo])])[0];
+      let d = ctx.node('MatMul', [g2, ctx.node('Transpose', [cols], { perm: ints([0, 2, 1]) })[0]])[0]; // [n, o, c]
+      d = n > 1 ? ctx.node('ReduceSum', [d, ctx.int64([0])], { keepdims: i(0) })[0] : ctx.node('Reshape', [d, ctx.int64([o, c])])[0];
+      perOffset.push(ctx.node('Unsqueeze', [d, ctx.int64([2])])[0]); // [o, c, 1]
     }
   }
-  const cols = ctx.node('Reshape', [windows.length > 1 ? ctx.node('Concat', windows, { axis: i(1) })[0] : windows[0], ctx.int64([n, kh * kw * c, ho * wo])])[0];
-  const g2 = ctx.node('Reshape', [ins[1], ctx.int64([n, o, ho * wo])])[0];
-  let dw2 = ctx.node('MatMul', [g2, ctx.node('Transpose', [cols], { perm: ints([0, 2, 1]) })[0]])[0]; // [n, o, kh*kw*c]
-  dw2 = n > 1 ? ctx.node('ReduceSum', [dw2, ctx.int64([0])], { keepdims: i(0) })[0] : dw2;
-  return ctx.node('Transpose', [ctx.node('Reshape', [dw2, ctx.int64([o, kh, kw, c])])[0]], { perm: ints([0, 3, 1, 2]) })[0];
+  const stacked = perOffset.length > 1 ? ctx.node('Concat', perOffset, { axis: i(2) })[0] : perOffset[0]; // [o, c, kh*kw]
+  return ctx.node('Reshape', [stacked, ctx.int64([o, c, kh, kw])])[0];
 }
 
 function convOpts(a: Attrs): F.Conv2dOptions {

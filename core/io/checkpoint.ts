@@ -519,11 +519,12 @@ export function openModel(modelPath: string, options: OpenModelOptions = {}): Op
   if (st.isDirectory()) return openDiffusersFolder(abs, options);
   if (path.basename(abs) === 'model_index.json') return openDiffusersFolder(path.dirname(abs), options);
   const ext = path.extname(abs).toLowerCase();
-  if (['.ckpt', '.pt', '.pth', '.bin', '.pkl', '.pickle'].includes(ext) || looksLikePickle(abs)) throw pickleSingleFileError(abs);
-  if (ext !== '.safetensors' && !looksLikeSafetensors(abs)) {
-    throw new FileFormatError(abs, `${abs}: not a model Lethe can open (${ext || 'no extension'}). ${SUPPORTED}`);
-  }
-  return openSingleFile(abs, options);
+  if (['.ckpt', '.pt', '.pth', '.bin', '.pkl', '.pickle'].includes(ext)) throw pickleSingleFileError(abs);
+  // Trust the content over the name: a renamed pickle is still a pickle.
+  if (looksLikeSafetensors(abs)) return openSingleFile(abs, options);
+  if (looksLikePickle(abs)) throw pickleSingleFileError(abs);
+  if (ext === '.safetensors') return openSingleFile(abs, options); // reports what is wrong with the header
+  throw new FileFormatError(abs, `${abs}: not a model Lethe can open (${ext || 'no extension'}). ${SUPPORTED}`);
 }
 
 /** torch.save writes a zip (PK\x03\x04) or, before 1.6, a bare pickle (protocol 2: \x80\x02). */
@@ -532,14 +533,20 @@ function looksLikePickle(file: string): boolean {
   return (head[0] === 0x50 && head[1] === 0x4b && head[2] === 0x03 && head[3] === 0x04) || (head[0] === 0x80 && head[1] >= 2 && head[1] <= 5);
 }
 
-/** 8-byte header length then `{`. */
+/** An 8-byte header length below 4 GiB, then `{`. */
 function looksLikeSafetensors(file: string): boolean {
   const head = readHead(file, 9);
   return head.length === 9 && head[8] === 0x7b && head.readUInt32LE(4) === 0;
 }
 
+/** The first `n` bytes (fewer for a short file, none when unreadable: the caller's open reports why). */
 function readHead(file: string, n: number): Buffer {
-  const fd = openSync(file, 'r');
+  let fd: number;
+  try {
+    fd = openSync(file, 'r');
+  } catch {
+    return Buffer.alloc(0);
+  }
   try {
     const buf = Buffer.alloc(n);
     const got = readSync(fd, buf, 0, n, 0);
@@ -612,9 +619,11 @@ function openDiffusersFolder(dir: string, options: OpenModelOptions): OpenedMode
   const indexPath = rel('model_index.json');
   if (!existsSync(indexPath)) {
     const loose = safeList(dir).filter((f) => f.toLowerCase().endsWith('.safetensors'));
-    const hint = loose.length
-      ? `; it holds ${loose.slice(0, 3).join(', ')}${loose.length > 3 ? '...' : ''}: open one of those files instead`
-      : existsSync(rel('unet')) ? '; the folder looks like an incomplete diffusers download: download model_index.json too' : '';
+    const hint = existsSync(rel('config.json'))
+      ? '; this looks like one component folder (unet/, vae/...) of a diffusers model: open the folder above it'
+      : loose.length
+        ? `; it holds ${loose.slice(0, 3).join(', ')}${loose.length > 3 ? '...' : ''}: open one of those files instead`
+        : existsSync(rel('unet')) ? '; the folder looks like an incomplete diffusers download: download model_index.json too' : '';
     throw new ModelIncompleteError(dir, ['model_index.json'], `${dir}: not a diffusers model folder: model_index.json is missing${hint}. ${SUPPORTED}`);
   }
   const index = readJson(indexPath);
@@ -630,6 +639,9 @@ function openDiffusersFolder(dir: string, options: OpenModelOptions): OpenedMode
     const textConfig = readComponentConfig(dir, 'text_encoder/config.json') as ClipTextConfigJson;
     checkTextConfig(dir, textConfig);
     const vaeConfig = readComponentConfig(dir, 'vae/config.json') as VaeConfigJson;
+    if (vaeConfig._class_name !== undefined && vaeConfig._class_name !== 'AutoencoderKL') {
+      throw new UnsupportedModelError(dir, 'other', `${dir}: the VAE is a ${String(vaeConfig._class_name)}, not an AutoencoderKL (vae/config.json). ${SUPPORTED}`);
+    }
 
     const unetW = openFolderWeights(dir, 'unet', 'diffusion_pytorch_model', opened);
     const textW = openFolderWeights(dir, 'text_encoder', 'model', opened);
@@ -802,7 +814,8 @@ function checkUNetConfig(where: string, cfg: UNetConfigJson, source: string): vo
     if (/Flux/.test(String(cls))) refuse('Flux', `a Flux transformer (${String(cls)})`);
     refuse('other', `a ${String(cls)}, not a UNet2DConditionModel`);
   }
-  if (cfg.addition_embed_type != null) refuse('SDXL', `an SDXL UNet (addition_embed_type ${JSON.stringify(cfg.addition_embed_type)})`);
+  if (cfg.addition_embed_type === 'text_time') refuse('SDXL', 'an SDXL UNet (addition_embed_type "text_time")');
+  if (cfg.addition_embed_type != null) refuse('other', `a UNet with added conditioning (addition_embed_type ${JSON.stringify(cfg.addition_embed_type)})`);
   if (cfg.cross_attention_dim === 2048 || cfg.cross_attention_dim === 1280) refuse('SDXL', `an SDXL UNet (cross_attention_dim ${cfg.cross_attention_dim})`);
   if (cfg.cross_attention_dim === 1024) refuse('SD 2.x', 'an SD 2.x UNet (cross_attention_dim 1024: an OpenCLIP ViT-H text encoder)');
   if (cfg.use_linear_projection === true) refuse('SD 2.x', 'an SD 2.x UNet (use_linear_projection: linear proj_in/proj_out)');
