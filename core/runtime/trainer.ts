@@ -72,7 +72,8 @@ export class Trainer {
     const update = buildUpdate(loss.graph, optimizer, tensors, Object.fromEntries(names.map((n, k) => [n, grads[k]])), loss);
     const extra = spec.outputs ?? {};
     const model = emitOnnx({ loss, ...update.outputs, ...extra });
-    const session = await Session.create(model, spec.session);
+    // Training keeps large activations alive across the step: without the arena, freed blocks go back to the OS.
+    const session = await Session.create(model, { memoryArena: false, ...spec.session });
     const params = Object.fromEntries(names.map((n) => [n, Float32Array.from(spec.params[n].init)]));
     const slots: Record<string, Float32Array> = {};
     for (const slot of stateSlots(optimizer)) for (const n of names) slots[`${slot}.${n}`] = new Float32Array(spec.params[n].init.length);
