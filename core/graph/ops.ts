@@ -131,15 +131,30 @@ function weightGradIm2col(ctx: EmitContext, y: Tensor, ins: readonly string[]): 
   const [sh, sw] = nums(y.attrs, 'strides');
   const [dh, dw] = nums(y.attrs, 'dilations');
   const [pt, pl, pb, pr] = nums(y.attrs, 'pads');
-  const padded = pt || pl || pb || pr ? ctx.node('Pad', [ins[0], ctx.int64([0, 0, pt, pl, 0, 0, pb, pr]), ctx.scalar(0, x.dtype)], { mode: { s: 'constant' } })[0] : ins[0];
-  const g2 = ctx.node('Reshape', [ins[1], ctx.int64([n, o, ho * wo])])[0];
+  const [h, w] = x.shape.slice(2);
+  const [hp, wp] = [h + pt + pb, w + pl + pr];
+  // At stride 1, run over rows of the padded width: each kernel offset is then one contiguous
+  // range of the flattened input (a memcpy rather than a strided 2-D copy); the extra columns
+  // meet zeros padded onto the output gradient.
+  const contiguous = sh === 1 && sw === 1 && (kh - 1) * dh + ho <= hp;
+  const padded = pt || pl || pb || pr || contiguous ? ctx.node('Pad', [ins[0], ctx.int64([0, 0, pt, pl, 0, 0, pb + (contiguous ? 1 : 0), pr]), ctx.scalar(0, x.dtype)], { mode: { s: 'constant' } })[0] : ins[0];
+  const flatX = contiguous ? ctx.node('Reshape', [padded, ctx.int64([n, c, (hp + 1) * wp])])[0] : padded;
+  const gWide = contiguous && wp > wo ? ctx.node('Pad', [ins[1], ctx.int64([0, 0, 0, 0, 0, 0, 0, wp - wo]), ctx.scalar(0, x.dtype)], { mode: { s: 'constant' } })[0] : ins[1];
+  const positions = contiguous ? ho * wp : ho * wo;
+  const g2 = ctx.node('Reshape', [gWide, ctx.int64([n, o, positions])])[0];
   const perOffset: string[] = [];
   for (let a = 0; a < kh; a++) {
     for (let b = 0; b < kw; b++) {
-      const starts = [a * dh, b * dw];
-      const ends = [a * dh + (ho - 1) * sh + 1, b * dw + (wo - 1) * sw + 1];
-      const window = ctx.node('Slice', [padded, ctx.int64(starts), ctx.int64(ends), ctx.int64([2, 3]), ctx.int64([sh, sw])])[0];
-      const cols = ctx.node('Reshape', [window, ctx.int64([n, c, ho * wo])])[0];
+      let cols: string;
+      if (contiguous) {
+        const start = a * dh * wp + b * dw;
+        cols = ctx.node('Slice', [flatX, ctx.int64([start]), ctx.int64([start + positions]), ctx.int64([2])])[0];
+      } else {
+        const starts = [a * dh, b * dw];
+        const ends = [a * dh + (ho - 1) * sh + 1, b * dw + (wo - 1) * sw + 1];
+        const window = ctx.node('Slice', [padded, ctx.int64(starts), ctx.int64(ends), ctx.int64([2, 3]), ctx.int64([sh, sw])])[0];
+        cols = ctx.node('Reshape', [window, ctx.int64([n, c, ho * wo])])[0];
+      }
       let d = ctx.node('MatMul', [g2, ctx.node('Transpose', [cols], { perm: ints([0, 2, 1]) })[0]])[0]; // [n, o, c]
       d = n > 1 ? ctx.node('ReduceSum', [d, ctx.int64([0])], { keepdims: i(0) })[0] : ctx.node('Reshape', [d, ctx.int64([o, c])])[0];
       perOffset.push(ctx.node('Unsqueeze', [d, ctx.int64([2])])[0]); // [o, c, 1]
