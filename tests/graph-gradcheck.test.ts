@@ -89,6 +89,7 @@ const cases: Case[] = [
   ['sdpa', (q, kk, v) => F.sdpa(q, kk, v), [{ shape: [b, 2, m, 4] }, { shape: [b, 2, n, 4] }, { shape: [b, 2, n, 3] }]],
   ['sdpa causal', (q, kk, v) => F.sdpa(q, kk, v, { causal: true }), [{ shape: [2, m, 4] }, { shape: [2, m, 4] }, { shape: [2, m, 4] }]],
   ['attention_probs', (q, kk) => F.attentionProbs(q, kk, { scale: 0.7 }), [{ shape: [2, m, 4] }, { shape: [2, n, 4] }]],
+  ['sdpa recomputing its probabilities in backward', (q, kk, v) => F.sdpa(q, kk, v, { causal: true, recompute: true }), [{ shape: [2, m, 4] }, { shape: [2, m, 4] }, { shape: [2, m, 4] }]],
   // fan-out: one input used along several paths
   ['fan-out', (x) => F.mul(F.exp(x), F.add(F.sigmoid(x), F.mul(x, x))), [{ shape: [m, n] }]],
 ];

@@ -84,8 +84,15 @@ export const reshape = (x: Tensor, shape: readonly number[]): Tensor => {
   if (target.every((d, i) => d === x.shape[i]) && target.length === x.rank) return x;
   return x.graph.node('reshape', [x], { shape: target });
 };
-export const transpose = (x: Tensor, perm: readonly number[]): Tensor =>
-  perm.every((p, i) => p === i) ? x : x.graph.node('transpose', [x], { perm: [...perm] });
+/** Transposes compose: transpose(transpose(x, a), b) is one transpose of x (or x itself). */
+export const transpose = (x: Tensor, perm: readonly number[]): Tensor => {
+  if (perm.every((p, i) => p === i)) return x;
+  if (x.op === 'transpose') {
+    const inner = x.attrs.perm as number[];
+    return transpose(x.inputs[0], perm.map((p) => inner[p]));
+  }
+  return x.graph.node('transpose', [x], { perm: [...perm] });
+};
 /** Swaps the last two axes. */
 export const transposeLast = (x: Tensor): Tensor => {
   const perm = x.shape.map((_, i) => i);
@@ -221,15 +228,26 @@ export const resizeNearest = (x: Tensor, outH: number, outW: number): Tensor => 
 export interface AttentionOptions {
   scale?: number;
   causal?: boolean;
+  /**
+   * Recompute the attention probabilities in the backward pass instead of
+   * keeping them from the forward pass. Default: when they take 16 MB or more
+   * (SD's 64x64 self-attention keeps 512 MB per layer otherwise).
+   */
+  recompute?: boolean;
+}
+
+const RECOMPUTE_BYTES = 16 * 1024 * 1024;
+
+function attentionAttrs(q: Tensor, k: Tensor, o: AttentionOptions): { scale: number; causal: boolean; recompute: boolean } {
+  const probsBytes = (q.size / q.shape[q.rank - 1]) * k.shape[k.rank - 2] * 4;
+  return { scale: o.scale ?? 1 / Math.sqrt(q.shape[q.rank - 1]), causal: o.causal ?? false, recompute: o.recompute ?? probsBytes >= RECOMPUTE_BYTES };
 }
 
 /** softmax(q k^T * scale [+ causal mask]) over [..., Lq, Lk]. */
-export const attentionProbs = (q: Tensor, k: Tensor, o: AttentionOptions = {}): Tensor =>
-  q.graph.node('attention_probs', [q, k], { scale: o.scale ?? 1 / Math.sqrt(q.shape[q.rank - 1]), causal: o.causal ?? false });
+export const attentionProbs = (q: Tensor, k: Tensor, o: AttentionOptions = {}): Tensor => q.graph.node('attention_probs', [q, k], attentionAttrs(q, k, o));
 
 /** Scaled dot-product attention over [..., L, D]; one op so it can map to a fused kernel. */
-export const sdpa = (q: Tensor, k: Tensor, v: Tensor, o: AttentionOptions = {}): Tensor =>
-  q.graph.node('sdpa', [q, k, v], { scale: o.scale ?? 1 / Math.sqrt(q.shape[q.rank - 1]), causal: o.causal ?? false });
+export const sdpa = (q: Tensor, k: Tensor, v: Tensor, o: AttentionOptions = {}): Tensor => q.graph.node('sdpa', [q, k, v], attentionAttrs(q, k, o));
 
 // --- losses ---------------------------------------------------------------------------
 export const mse = (a: Tensor, b: Tensor): Tensor => meanAll(square(sub(a, b)));

@@ -8,7 +8,7 @@ import path from 'node:path';
 import onnxProto from 'onnx-proto';
 import { GraphBuildError } from '../errors.ts';
 import { dtypeBytes, numel, type DType, type Shape, type Tensor } from './graph.ts';
-import { OPS, onnxDType, type EmitContext, type OnnxAttr } from './ops.ts';
+import { OPS, onnxDType, swapsLastTwo, type EmitContext, type OnnxAttr } from './ops.ts';
 
 const { onnx } = onnxProto;
 
@@ -41,6 +41,7 @@ export function emitOnnx(outputs: Readonly<Record<string, Tensor>>, name = 'leth
   const inputs: ValueSpec[] = [];
   const valueOf = new Map<number, string>();
   const cse = new Map<string, string[]>();
+  const domains = new Set<string>();
   const constants = new Map<string, string>();
   const external: { tensor: onnxProto.onnx.ITensorProto; file: string; offset: number; length: number }[] = [];
   let counter = 0;
@@ -56,12 +57,13 @@ export function emitOnnx(outputs: Readonly<Record<string, Tensor>>, name = 'leth
   };
 
   const ctx: EmitContext = {
-    node(opType, ins, attrs = {}, count = 1) {
-      const key = `${opType}|${ins.join(',')}|${JSON.stringify(attrs)}|${count}`;
+    node(opType, ins, attrs = {}, count = 1, domain = '') {
+      const key = `${domain}|${opType}|${ins.join(',')}|${JSON.stringify(attrs)}|${count}`;
       const hit = cse.get(key);
       if (hit) return hit;
       const outs = Array.from({ length: count }, () => fresh(opType.toLowerCase()));
-      nodes.push({ opType, input: [...ins], output: outs, name: fresh('n'), attribute: Object.entries(attrs).map(([k, v]) => attribute(k, v)) });
+      if (domain) domains.add(domain);
+      nodes.push({ opType, domain, input: [...ins], output: outs, name: fresh('n'), attribute: Object.entries(attrs).map(([k, v]) => attribute(k, v)) });
       cse.set(key, outs);
       return outs;
     },
@@ -72,7 +74,19 @@ export function emitOnnx(outputs: Readonly<Record<string, Tensor>>, name = 'leth
       return constant(`s|${dtype}|${Object.is(value, -0) ? '-0' : value}`, dtype, [], data);
     },
     float32: (data, shape) => constant(`f32|${shape.join(',')}|${Array.prototype.join.call(data, ',')}`, 'float32', shape, data),
+    valueOf: (t) => {
+      const v = valueOf.get(t.id);
+      if (v === undefined) throw new GraphBuildError(`emit: ${t} is used before it is emitted`);
+      return v;
+    },
   };
+
+  // Transposes whose every consumer is a MatMul reading them in place are not emitted at all.
+  const consumers = new Map<number, Tensor[]>();
+  for (const t of order) for (const x of t.inputs) consumers.set(x.id, [...(consumers.get(x.id) ?? []), t]);
+  const requested = new Set(entries.map(([, t]) => t.id));
+  const readInPlace = (t: Tensor): boolean =>
+    swapsLastTwo(t) && !requested.has(t.id) && (consumers.get(t.id) ?? []).every((c) => c.op === 'matmul');
 
   for (const t of order) {
     if (t.op === 'input') {
@@ -96,8 +110,8 @@ export function emitOnnx(outputs: Readonly<Record<string, Tensor>>, name = 'leth
       const n = fresh('constant');
       initializers.push(rawTensor(n, t.dtype, t.shape, graph.constantData(t)!));
       valueOf.set(t.id, n);
-    } else {
-      valueOf.set(t.id, OPS[t.op].emit(ctx, t, t.inputs.map((x) => valueOf.get(x.id)!)));
+    } else if (!readInPlace(t)) {
+      valueOf.set(t.id, OPS[t.op].emit(ctx, t, t.inputs.map((x) => valueOf.get(x.id) ?? '')));
     }
   }
 
@@ -120,7 +134,7 @@ export function emitOnnx(outputs: Readonly<Record<string, Tensor>>, name = 'leth
   const model = onnx.ModelProto.create({
     irVersion: 8,
     producerName: 'lethe',
-    opsetImport: [{ domain: '', version: OPSET }],
+    opsetImport: [{ domain: '', version: OPSET }, ...[...domains].map((domain) => ({ domain, version: 1 }))],
     graph: {
       name,
       node: nodes,

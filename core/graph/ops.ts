@@ -20,7 +20,9 @@ export type OnnxAttr =
 
 export interface EmitContext {
   /** Adds an ONNX node (identical nodes are emitted once) and returns its output names. */
-  node(opType: string, inputs: readonly string[], attrs?: Record<string, OnnxAttr>, outputs?: number): string[];
+  node(opType: string, inputs: readonly string[], attrs?: Record<string, OnnxAttr>, outputs?: number, domain?: string): string[];
+  /** The ONNX value of an already emitted tensor. */
+  valueOf(t: Tensor): string;
   /** A 1-D int64 initializer. */
   int64(values: readonly number[]): string;
   /** A 0-d initializer of the given dtype. */
@@ -73,6 +75,15 @@ function unreduce(g: Tensor, x: Tensor, axes: readonly number[]): Tensor {
 const range = (a: number, b: number): number[] => Array.from({ length: b - a }, (_, k) => a + k);
 
 // --- emission helpers -------------------------------------------------------------
+export const MS_DOMAIN = 'com.microsoft';
+
+/** A transpose that only swaps the last two axes (and has rank >= 2): MatMul can read it in place. */
+export function swapsLastTwo(t: Tensor): boolean {
+  if (t.op !== 'transpose' || t.rank < 2) return false;
+  const perm = t.attrs.perm as number[];
+  return perm.every((p, k) => (k < t.rank - 2 ? p === k : k === t.rank - 2 ? p === t.rank - 1 : p === t.rank - 2));
+}
+
 const simple =
   (opType: string, attrs: (y: Tensor) => Record<string, OnnxAttr> = () => ({})) =>
   (ctx: EmitContext, y: Tensor, ins: readonly string[]): string =>
@@ -97,11 +108,13 @@ function causalMask(lq: number, lk: number): Float32Array {
 }
 
 function attentionProbsNode(ctx: EmitContext, q: Tensor, k: Tensor, qName: string, kName: string, attrs: Attrs): string {
-  const perm = range(0, k.rank);
-  [perm[k.rank - 2], perm[k.rank - 1]] = [perm[k.rank - 1], perm[k.rank - 2]];
-  const kT = ctx.node('Transpose', [kName], { perm: ints(perm) })[0];
-  let s = ctx.node('MatMul', [qName, kT])[0];
-  s = ctx.node('Mul', [s, ctx.scalar(num(attrs, 'scale'), q.dtype)])[0];
+  const scale = num(attrs, 'scale');
+  // The scale rides on the product (alpha) and k is read transposed in place. The recompute
+  // variant (backward of a large attention) scales q first: the same values by a different
+  // expression, so no CSE pass merges it with the forward probabilities, which are then freed.
+  let s = attrs.recompute
+    ? ctx.node('FusedMatMul', [ctx.node('Mul', [qName, ctx.scalar(scale, q.dtype)])[0], kName], { transA: i(0), transB: i(1), alpha: f(1) }, 1, MS_DOMAIN)[0]
+    : ctx.node('FusedMatMul', [qName, kName], { transA: i(0), transB: i(1), alpha: f(scale) }, 1, MS_DOMAIN)[0];
   if (attrs.causal) {
     const lq = q.shape[q.rank - 2];
     const lk = k.shape[k.rank - 2];
@@ -339,7 +352,15 @@ const table: Record<OpName, OpDef> = {
       requireFloat(xs);
       return { shape: [...batch, a.shape[a.rank - 2], b.shape[b.rank - 1]], dtype: sameDtype(xs) };
     },
-    emit: simple('MatMul'),
+    emit: (ctx, y, ins) => {
+      // A transposed operand is read in place (FusedMatMul transA/transB): no transposed copy of a
+      // weight is ever materialised, which for frozen weights would double them in memory.
+      const [a, b] = y.inputs;
+      const [ta, tb] = [swapsLastTwo(a), swapsLastTwo(b)];
+      if (!ta && !tb) return ctx.node('MatMul', ins)[0];
+      const args = [ta ? ctx.valueOf(a.inputs[0]) : ins[0], tb ? ctx.valueOf(b.inputs[0]) : ins[1]];
+      return ctx.node('FusedMatMul', args, { transA: i(ta ? 1 : 0), transB: i(tb ? 1 : 0), alpha: f(1) }, 1, MS_DOMAIN)[0];
+    },
     vjp: (g, y) => [F.matmul(g, F.transposeLast(y.inputs[1])), F.matmul(F.transposeLast(y.inputs[0]), g)],
   },
 
@@ -688,11 +709,11 @@ const table: Record<OpName, OpDef> = {
       if (!sameShape(q.shape.slice(0, -2), k.shape.slice(0, -2)) || !sameShape(k.shape.slice(0, -2), v.shape.slice(0, -2))) throw new Error('leading axes of q, k, v differ');
       return { shape: [...q.shape.slice(0, -1), v.shape[v.rank - 1]], dtype: sameDtype(xs) };
     },
-    emit: (ctx, y, ins) => ctx.node('MatMul', [attentionProbsNode(ctx, y.inputs[0], y.inputs[1], ins[0], ins[1], y.attrs), ins[2]])[0],
+    emit: (ctx, y, ins) => ctx.node('MatMul', [attentionProbsNode(ctx, y.inputs[0], y.inputs[1], ins[0], ins[1], { ...y.attrs, recompute: false }), ins[2]])[0],
     vjp: (g, y) => {
       const [q, k, v] = y.inputs;
       const scale = num(y.attrs, 'scale');
-      const p = F.attentionProbs(q, k, { scale, causal: Boolean(y.attrs.causal) });
+      const p = F.attentionProbs(q, k, { scale, causal: Boolean(y.attrs.causal), recompute: Boolean(y.attrs.recompute) });
       const [dq, dk] = attentionProbsVjp(F.matmul(g, F.transposeLast(v)), p, q, k, scale);
       return [dq, dk, F.matmul(F.transposeLast(p), g)];
     },
