@@ -121,8 +121,21 @@ async function measure(what: string, weightsDir: string, provider: ProviderName 
     target: new Float32Array(batch * 4 * 64 * 64),
   };
   for (const n of binder.trainableNames) feeds[n] = binder.initialValue(n);
+  const rssAfterCreate = process.memoryUsage().rss / MB;
+  const peakAfterCreate = (process.resourceUsage().maxRSS * 1024) / MB;
   const [, ms] = await timed(() => s.run(feeds));
-  return { size: '512x512', batch, seconds: ms / 1000, compile_ms: compileMs, trainable_tensors: binder.trainableNames.length, provider: s.provider };
+  return {
+    size: '512x512',
+    batch,
+    seconds: ms / 1000,
+    compile_ms: compileMs,
+    trainable_tensors: binder.trainableNames.length,
+    provider: s.provider,
+    // Session creation folds the fp16 -> fp32 casts (its own transient peak); the run's memory is what the step adds.
+    rss_after_create_mb: rssAfterCreate,
+    peak_during_create_mb: peakAfterCreate,
+    rss_after_run_mb: process.memoryUsage().rss / MB,
+  };
 }
 
 async function main(): Promise<void> {

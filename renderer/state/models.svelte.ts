@@ -12,6 +12,9 @@ export class ModelsState {
   /** What the last add or remove did, for the status line. */
   notice = $state<string | null>(null);
 
+  /** Called after the list changes (load, add, remove), e.g. to select a default model. */
+  onChange: (() => void) | null = null;
+
   readonly #api: LetheApi;
 
   constructor(api: LetheApi) {
@@ -27,6 +30,7 @@ export class ModelsState {
     if (result.ok) {
       this.items = result.value;
       this.loadError = null;
+      this.onChange?.();
     } else {
       this.loadError = result.error.message;
     }
@@ -45,6 +49,7 @@ export class ModelsState {
       if (!result.ok) return this.#failed(result.error);
       this.items = [...this.items.filter((model) => model.id !== result.value.id), result.value];
       this.notice = `Added ${result.value.name}.`;
+      this.onChange?.();
       return result.value;
     });
   }
@@ -67,6 +72,7 @@ export class ModelsState {
         return false;
       }
       this.items = this.items.filter((item) => item.id !== id);
+      this.onChange?.();
       this.notice = `Removed ${model?.name ?? 'the model'} from the list; its files are untouched.`;
       return result.value.removed;
     });

@@ -36,6 +36,8 @@ export class Studio {
     this.models = new ModelsState(this.api);
     this.jobs = new JobsState(this.api);
     this.form = new PlaygroundForm(this.api, this.models, this.jobs);
+    // A first model added (or the selected one removed) becomes the selection, as the default would.
+    this.models.onChange = () => this.form.applyDefaults(this.info?.defaultModelId ?? null);
     this.history = new HistoryState(this.api);
   }
 
