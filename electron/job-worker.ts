@@ -16,21 +16,13 @@ import { formatParameters, writePng } from '../core/diffusion/png.ts';
 import { LetheError } from '../core/errors.ts';
 import type { OpenedModel } from '../core/io/checkpoint.ts';
 import type { ProviderName } from '../core/runtime/session.ts';
-import type { ApiError } from './contract.ts';
+import type { ApiError, GenerationParams } from './contract.ts';
 
 // --- protocol ------------------------------------------------------------------
 
 /** One image of a job, planned by the host (ids and grid positions are fixed before it runs). */
-export interface PlannedImage {
+export interface PlannedImage extends GenerationParams {
   generationId: string;
-  modelId: string;
-  prompt: string;
-  negativePrompt: string;
-  seed: number;
-  steps: number;
-  guidance: number;
-  width: number;
-  height: number;
   grid?: { row: number; column: number };
 }
 

@@ -20,6 +20,9 @@
  * Nothing here reads tensor data except `hash()`: files are opened, their
  * headers parsed, and the weights stay where they lie.
  */
+import { SD1_CLIP_TEXT_CONFIG } from '../nn/clip-text.ts';
+import { SD1_UNET_CONFIG } from '../nn/unet.ts';
+import { SD1_VAE_CONFIG } from '../nn/vae.ts';
 import { createHash } from 'node:crypto';
 import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync, readdirSync, statSync, type Stats } from 'node:fs';
 import path from 'node:path';
@@ -93,16 +96,16 @@ export interface UNetConfigJson extends JsonObject {
   sample_size?: number;
   in_channels?: number;
   out_channels?: number;
-  down_block_types?: string[];
+  down_block_types?: readonly string[];
   mid_block_type?: string;
-  up_block_types?: string[];
-  block_out_channels?: number[];
+  up_block_types?: readonly string[];
+  block_out_channels?: readonly number[];
   layers_per_block?: number;
   norm_num_groups?: number;
   norm_eps?: number;
   cross_attention_dim?: number;
   /** The number of heads in SD 1.x configs (diffusers' misnomer). */
-  attention_head_dim?: number | number[];
+  attention_head_dim?: number | readonly number[];
   use_linear_projection?: boolean;
 }
 
@@ -145,30 +148,17 @@ export interface SchedulerConfigJson extends JsonObject {
 /** runwayml/stable-diffusion-v1-5 `unet/config.json`, every diffusers 0.27 default written out. */
 export const SD1_UNET_CONFIG_JSON: Readonly<UNetConfigJson> = deepFreeze({
   _class_name: 'UNet2DConditionModel',
-  sample_size: 64,
-  in_channels: 4,
-  out_channels: 4,
+  ...SD1_UNET_CONFIG,
   center_input_sample: false,
-  flip_sin_to_cos: true,
-  freq_shift: 0,
-  down_block_types: ['CrossAttnDownBlock2D', 'CrossAttnDownBlock2D', 'CrossAttnDownBlock2D', 'DownBlock2D'],
-  mid_block_type: 'UNetMidBlock2DCrossAttn',
-  up_block_types: ['UpBlock2D', 'CrossAttnUpBlock2D', 'CrossAttnUpBlock2D', 'CrossAttnUpBlock2D'],
   only_cross_attention: false,
-  block_out_channels: [320, 640, 1280, 1280],
-  layers_per_block: 2,
   downsample_padding: 1,
   mid_block_scale_factor: 1,
   dropout: 0.0,
   act_fn: 'silu',
-  norm_num_groups: 32,
-  norm_eps: 1e-5,
-  cross_attention_dim: 768,
   transformer_layers_per_block: 1,
   reverse_transformer_layers_per_block: null,
   encoder_hid_dim: null,
   encoder_hid_dim_type: null,
-  attention_head_dim: 8,
   num_attention_heads: null,
   dual_cross_attention: false,
   use_linear_projection: false,
@@ -200,38 +190,18 @@ export const SD1_TEXT_ENCODER_CONFIG_JSON: Readonly<ClipTextConfigJson> = deepFr
   architectures: ['CLIPTextModel'],
   model_type: 'clip_text_model',
   attention_dropout: 0.0,
-  bos_token_id: 0,
+  ...SD1_CLIP_TEXT_CONFIG,
   dropout: 0.0,
-  eos_token_id: 2,
-  hidden_act: 'quick_gelu',
-  hidden_size: 768,
   initializer_factor: 1.0,
   initializer_range: 0.02,
-  intermediate_size: 3072,
-  layer_norm_eps: 1e-5,
-  max_position_embeddings: 77,
-  num_attention_heads: 12,
-  num_hidden_layers: 12,
-  pad_token_id: 1,
   projection_dim: 768,
   torch_dtype: 'float32',
-  vocab_size: 49408,
 });
 
 /** The SD 1.x VAE (`vae/config.json`). */
 export const SD1_VAE_CONFIG_JSON: Readonly<VaeConfigJson> = deepFreeze({
   _class_name: 'AutoencoderKL',
-  in_channels: 3,
-  out_channels: 3,
-  down_block_types: ['DownEncoderBlock2D', 'DownEncoderBlock2D', 'DownEncoderBlock2D', 'DownEncoderBlock2D'],
-  up_block_types: ['UpDecoderBlock2D', 'UpDecoderBlock2D', 'UpDecoderBlock2D', 'UpDecoderBlock2D'],
-  block_out_channels: [128, 256, 512, 512],
-  layers_per_block: 2,
-  act_fn: 'silu',
-  latent_channels: 4,
-  norm_num_groups: 32,
-  sample_size: 512,
-  scaling_factor: 0.18215,
+  ...SD1_VAE_CONFIG,
   latents_mean: null,
   latents_std: null,
   force_upcast: true,
