@@ -125,6 +125,9 @@ function buildByteTable(): ByteTable {
 
 const BYTES = buildByteTable();
 
+/** The 256 byte symbols in CLIP's vocabulary order (ids 0..255; + `</w>` gives ids 256..511). */
+export const BYTE_SYMBOLS: readonly string[] = BYTES.order;
+
 // ---------------------------------------------------------------------------
 // Text normalisation (BasicTokenizer without ftfy) and the CLIP split.
 
@@ -175,6 +178,26 @@ export function basicClean(text: string): string {
   const out: string[] = [];
   for (const w of words) if (w.length > 0) out.push(w.toLowerCase());
   return out.join(' ');
+}
+
+/**
+ * The CLIP pre-tokenizer on text without special tokens: {@link basicClean},
+ * the CLIP regex split, and each word's UTF-8 bytes mapped to byte symbols
+ * (no `</w>` yet). These are the words BPE runs on (and the BPE trainer
+ * counts).
+ */
+export function clipWords(text: string): string[] {
+  // U+0345 (combining ypogegrammeni) case-folds to a letter: JS's /iu
+  // matches it with \p{L}, Python's `regex` with IGNORECASE matches it with
+  // no branch, so findall skips it and it breaks the run. A space does the same.
+  const cleaned = basicClean(text).replaceAll('\u0345', ' ');
+  const words: string[] = [];
+  for (const m of cleaned.matchAll(CLIP_PATTERN)) {
+    let symbols = '';
+    for (const b of Buffer.from(m[0], 'utf8')) symbols += BYTES.encode[b];
+    words.push(symbols);
+  }
+  return words;
 }
 
 // ---------------------------------------------------------------------------
@@ -598,15 +621,7 @@ export class ClipTokenizer {
   }
 
   private tokenizePlain(text: string, out: string[]): void {
-    // U+0345 (combining ypogegrammeni) case-folds to a letter: JS's /iu
-    // matches it with \p{L}, Python's `regex` with IGNORECASE matches it with
-    // no branch, so findall skips it and it breaks the run. A space does the same.
-    const cleaned = basicClean(text).replaceAll('\u0345', ' ');
-    for (const m of cleaned.matchAll(CLIP_PATTERN)) {
-      let symbols = '';
-      for (const b of Buffer.from(m[0], 'utf8')) symbols += BYTES.encode[b];
-      for (const t of this.bpe(symbols)) out.push(t);
-    }
+    for (const word of clipWords(text)) for (const t of this.bpe(word)) out.push(t);
   }
 
   /** BPE of one byte-encoded word; the last symbol carries `</w>`. */
