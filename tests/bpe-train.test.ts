@@ -4,6 +4,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { trainClipBpe, writeTokenizerFolder, type ClipBpe } from '../core/text/bpe-train.ts';
 import { ClipTokenizer, basicClean } from '../core/text/clip-tokenizer.ts';
+import { rng } from './helpers/gradcheck.ts';
 
 let scratch = '';
 beforeAll(() => {
@@ -322,18 +323,6 @@ describe('writeTokenizerFolder', () => {
 });
 
 // ---------------------------------------------------------------------------
-
-/** mulberry32: a small seeded generator. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** ~50k emoji-style captions: real emoji-name words, a skewed lexicon of invented words, emoji, digits, punctuation. */
 function syntheticCaptions(count: number, seed: number): string[] {
