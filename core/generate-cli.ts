@@ -1,7 +1,8 @@
 /** `lethe generate`: text to image with a progress bar, PNGs with their parameters embedded. */
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { loadModel } from './diffusion/model.ts';
+import { BUILT_IN_MODEL_DIR, loadModel } from './diffusion/model.ts';
 import { TextToImage, type Progress } from './diffusion/pipeline.ts';
 import { formatParameters, writePng } from './diffusion/png.ts';
 import { LetheError } from './errors.ts';
@@ -46,9 +47,12 @@ export async function generate(args: string[]): Promise<number> {
       tokenizer: { type: 'string' },
     },
   });
-  if (!values.model) throw new LetheError('usage', 'lethe generate: --model <diffusers folder | .safetensors file> is required');
+  const modelPath = values.model ?? (existsSync(path.join(BUILT_IN_MODEL_DIR, 'model_index.json')) ? BUILT_IN_MODEL_DIR : undefined);
+  if (!modelPath) {
+    throw new LetheError('usage', `lethe generate: pass --model <diffusers folder | .safetensors file>; the built-in lethe-mini (${BUILT_IN_MODEL_DIR}) is not built yet`);
+  }
   if (values.prompt === undefined) throw new LetheError('usage', 'lethe generate: --prompt "..." is required');
-  const { opened, parts } = loadModel(values.model, { tokenizerDir: values.tokenizer });
+  const { opened, parts } = loadModel(modelPath, { tokenizerDir: values.tokenizer });
   const pipe = new TextToImage(parts, { provider: values.provider as ProviderName | 'auto' });
   const controller = new AbortController();
   const onSigint = () => controller.abort();

@@ -1,11 +1,11 @@
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { decode } from 'fast-png';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadModel } from '../core/diffusion/model.ts';
+import { BUILT_IN_MODEL_DIR, loadModel } from '../core/diffusion/model.ts';
 import { GenerationCancelled, InvalidRequestError, TextToImage } from '../core/diffusion/pipeline.ts';
 import { formatParameters, parseParameters, readPngParameters } from '../core/diffusion/png.ts';
 import { hasShared } from './helpers/shared.ts';
@@ -89,6 +89,12 @@ describe.skipIf(!hasShared)('text to image from user checkpoints', () => {
     const missing = spawnSync(process.execPath, [LETHE, 'generate', '--model', path.join(tmp, 'nope'), '--prompt', 'x'], { encoding: 'utf8' });
     expect(missing.status).toBe(2);
     expect(missing.stderr).toMatch(/lethe: .*not found/);
+    if (!existsSync(path.join(BUILT_IN_MODEL_DIR, 'model_index.json'))) {
+      // Without --model the built-in lethe-mini is used; until it is built, say so.
+      const none = spawnSync(process.execPath, [LETHE, 'generate', '--prompt', 'x'], { encoding: 'utf8' });
+      expect(none.status).toBe(2);
+      expect(none.stderr).toMatch(/pass --model .*lethe-mini .* is not built yet/);
+    }
     const size = spawnSync(process.execPath, [LETHE, 'generate', '--model', folder, '--prompt', 'x', '--size', '17x16'], { encoding: 'utf8' });
     expect(size.status).toBe(2);
     expect(size.stderr).toMatch(/width 17 must be a positive multiple of 4/);

@@ -5,6 +5,7 @@
 import { existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { FileFormatError } from '../errors.ts';
 import { openModel, type OpenedModel, type OpenModelOptions } from '../io/checkpoint.ts';
 import { parseClipTextConfig } from '../nn/clip-text.ts';
@@ -13,6 +14,9 @@ import { parseVaeConfig } from '../nn/vae.ts';
 import { ClipTokenizer } from '../text/clip-tokenizer.ts';
 import type { ModelParts } from './pipeline.ts';
 import { parseSchedulerConfig } from './schedule.ts';
+
+/** The model that ships with Lethe (built by `npm run model:mini`), in the diffusers layout. */
+export const BUILT_IN_MODEL_DIR = fileURLToPath(new URL('../../models/lethe-mini', import.meta.url));
 
 /** Where Lethe looks for the standard CLIP vocabulary when a checkpoint carries none. */
 export function defaultTokenizerDirs(): string[] {
