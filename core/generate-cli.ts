@@ -3,18 +3,14 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { BUILT_IN_MODEL_DIR, loadModel } from './diffusion/model.ts';
-import { TextToImage, type Progress } from './diffusion/pipeline.ts';
+import { TextToImage } from './diffusion/pipeline.ts';
 import { formatParameters, writePng } from './diffusion/png.ts';
 import { LetheError } from './errors.ts';
+import { progressBar } from './progress-bar.ts';
 import type { ProviderName } from './runtime/session.ts';
 
 export const VERSION = '0.1.0';
 
-function bar(p: Progress): string {
-  const width = 30;
-  const done = Math.round((p.step / p.total) * width);
-  return `\r[${'#'.repeat(done)}${'-'.repeat(width - done)}] ${p.step}/${p.total}  ${(p.elapsedMs / 1000).toFixed(1)} s, ${(p.etaMs / 1000).toFixed(1)} s left `;
-}
 
 function parseSize(s: string): [number, number] {
   const m = /^(\d+)x(\d+)$/.exec(s);
@@ -68,7 +64,7 @@ export async function generate(args: string[]): Promise<number> {
     const eta = parseNumber('eta', values.eta, 0);
     const result = await pipe.generate(
       { prompts: seeds.map(() => values.prompt!), negativePrompt: values.negative, seeds, steps, guidance, width, height, eta },
-      { signal: controller.signal, onProgress: (p) => process.stderr.write(bar(p)) },
+      { signal: controller.signal, onProgress: (p) => process.stderr.write(progressBar(p)) },
     );
     process.stderr.write('\n');
     for (const w of result.warnings) process.stderr.write(`warning: ${w}\n`);

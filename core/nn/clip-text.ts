@@ -121,7 +121,7 @@ export function clipTextEncoder(scope: Scope, cfg: ClipTextConfig, inputIds: Ten
   // 2. encoder
   const layers = scope.scope('encoder').scope('layers');
   for (let i = 0; i < n; i++) {
-    h = encoderLayer(layers.scope(i), cfg, h);
+    h = clipEncoderLayer(layers.scope(i), cfg, h, true);
     hiddenStates.push(h);
   }
 
@@ -146,26 +146,29 @@ function embeddings(s: Scope, cfg: ClipTextConfig, ids: Tensor): Tensor {
   return F.add(tokens, F.slice(positions, [0], [0], [length]));
 }
 
-/** CLIPEncoderLayer: pre-LN attention and MLP, each with a residual. */
-function encoderLayer(s: Scope, cfg: ClipTextConfig, x: Tensor): Tensor {
-  let h = F.add(x, selfAttention(s.scope('self_attn'), cfg, L.layerNorm(s.scope('layer_norm1'), x, cfg.layer_norm_eps)));
+/** The CLIPEncoderLayer settings the text and vision towers share. */
+export type ClipEncoderConfig = Pick<ClipTextConfig, 'hidden_size' | 'intermediate_size' | 'num_attention_heads' | 'hidden_act' | 'layer_norm_eps'>;
+
+/** CLIPEncoderLayer: pre-LN attention (causal in the text tower) and MLP, each with a residual. */
+export function clipEncoderLayer(s: Scope, cfg: ClipEncoderConfig, x: Tensor, causal: boolean): Tensor {
+  let h = F.add(x, selfAttention(s.scope('self_attn'), cfg, L.layerNorm(s.scope('layer_norm1'), x, cfg.layer_norm_eps), causal));
   h = F.add(h, mlp(s.scope('mlp'), cfg, L.layerNorm(s.scope('layer_norm2'), h, cfg.layer_norm_eps)));
   return h;
 }
 
-/** CLIPAttention: multi-head, causal, scale head_dim^-0.5. */
-function selfAttention(s: Scope, cfg: ClipTextConfig, x: Tensor): Tensor {
+/** CLIPAttention: multi-head, scale head_dim^-0.5. */
+function selfAttention(s: Scope, cfg: ClipEncoderConfig, x: Tensor, causal: boolean): Tensor {
   const [b, l, d] = x.shape;
   const heads = cfg.num_attention_heads;
   const toHeads = (t: Tensor): Tensor => F.transpose(F.reshape(t, [b, l, heads, d / heads]), [0, 2, 1, 3]);
   const q = toHeads(L.linear(s.scope('q_proj'), x, d, d));
   const k = toHeads(L.linear(s.scope('k_proj'), x, d, d));
   const v = toHeads(L.linear(s.scope('v_proj'), x, d, d));
-  const o = F.reshape(F.transpose(F.sdpa(q, k, v, { causal: true }), [0, 2, 1, 3]), [b, l, d]);
+  const o = F.reshape(F.transpose(F.sdpa(q, k, v, { causal }), [0, 2, 1, 3]), [b, l, d]);
   return L.linear(s.scope('out_proj'), o, d, d);
 }
 
-function mlp(s: Scope, cfg: ClipTextConfig, x: Tensor): Tensor {
+function mlp(s: Scope, cfg: ClipEncoderConfig, x: Tensor): Tensor {
   const h = ACTIVATIONS[cfg.hidden_act](L.linear(s.scope('fc1'), x, cfg.hidden_size, cfg.intermediate_size));
   return L.linear(s.scope('fc2'), h, cfg.intermediate_size, cfg.hidden_size);
 }

@@ -44,6 +44,12 @@ export interface ParamBinderOptions {
   trainable?: (name: string) => boolean;
   /** Graph names get this prefix, so several models can share one graph. */
   namePrefix?: string;
+  /**
+   * Keys the checkpoint lacks start from these values and train (a model
+   * built from scratch, or new layers added to a loaded one) instead of
+   * being reported missing.
+   */
+  initialize?: (name: string, shape: readonly number[]) => Float32Array;
 }
 
 export class ParamBinder {
@@ -51,6 +57,7 @@ export class ParamBinder {
   private readonly badShapes: string[] = [];
   private readonly bound = new Map<string, Tensor>();
   readonly trainableNames: string[] = [];
+  private readonly initialized = new Map<string, Float32Array>();
 
   constructor(
     readonly graph: Graph,
@@ -69,7 +76,11 @@ export class ParamBinder {
     const graphName = (this.options.namePrefix ?? '') + name;
     const loc = this.resolve(name);
     let t: Tensor;
-    if (!loc) {
+    if (!loc && this.options.initialize) {
+      t = this.graph.input(graphName, shape);
+      this.initialized.set(name, this.options.initialize(name, shape));
+      this.trainableNames.push(name);
+    } else if (!loc) {
       this.missing.push(name);
       t = this.graph.input(graphName, shape); // keeps the build going so every problem is listed at once
     } else {
@@ -98,6 +109,8 @@ export class ParamBinder {
 
   /** The float32 values of a key, for feeding a trainable tensor. */
   initialValue(name: string): Float32Array {
+    const fresh = this.initialized.get(name);
+    if (fresh) return fresh;
     const loc = this.resolve(name);
     if (!loc) throw new FileFormatError('', `no tensor '${name}' in the checkpoint`);
     return loc.file.readAsFloat32(loc.key);

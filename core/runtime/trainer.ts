@@ -46,6 +46,8 @@ export class Trainer {
     private params: Record<string, Float32Array>,
     private slots: Record<string, Float32Array>,
     private readonly extraOutputs: string[],
+    /** The shape of every trained tensor (the state holds them flat). */
+    readonly shapes: Readonly<Record<string, readonly number[]>>,
   ) {
     this.spareParams = mapValues(params, (v) => new Float32Array(v.length));
     this.spareSlots = mapValues(slots, (v) => new Float32Array(v.length));
@@ -77,7 +79,7 @@ export class Trainer {
     const params = Object.fromEntries(names.map((n) => [n, Float32Array.from(spec.params[n].init)]));
     const slots: Record<string, Float32Array> = {};
     for (const slot of stateSlots(optimizer)) for (const n of names) slots[`${slot}.${n}`] = new Float32Array(spec.params[n].init.length);
-    return new Trainer(session, optimizer, graphNames, params, slots, Object.keys(extra));
+    return new Trainer(session, optimizer, graphNames, params, slots, Object.keys(extra), Object.fromEntries(names.map((n) => [n, spec.params[n].tensor.shape])));
   }
 
   get provider(): ProviderName {
