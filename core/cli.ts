@@ -1,6 +1,6 @@
 /**
  * The `lethe` command.
- *   lethe generate --model <dir|file> --prompt "..." [--negative ...] [--seed N] [--steps N]
+ *   lethe generate [--model <dir|file>] --prompt "..." [--negative ...] [--seed N] [--steps N]
  *                  [--guidance G] [--size WxH] [--out file.png]
  *   lethe dev parity <fixture-dir>... [--json]
  */
@@ -11,8 +11,9 @@ import { LetheError } from './errors.ts';
 import { runParity, type ParityResult } from './parity/run.ts';
 
 const USAGE = `usage:
-  lethe generate --model <dir|file> --prompt "..." [--negative "..."] [--seed N] [--steps N]
+  lethe generate [--model <dir|file>] --prompt "..." [--negative "..."] [--seed N] [--steps N]
                  [--guidance G] [--size WxH] [--count N] [--out file.png] [--provider cpu|auto|...]
+                 (without --model: the built-in lethe-mini)
   lethe dev parity <fixture-dir>... [--json]   (a folder of case folders runs each of them)`;
 
 function fmt(x: number): string {
@@ -50,6 +51,10 @@ async function parity(args: string[]): Promise<number> {
 
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
   if (cmd === 'dev' && rest[0] === 'parity') return parity(rest.slice(1));
   if (cmd === 'generate') return (await import('./generate-cli.ts')).generate(rest);
   process.stderr.write(`${USAGE}\n`);
@@ -61,6 +66,9 @@ try {
 } catch (e) {
   if (e instanceof LetheError) {
     process.stderr.write(`lethe: ${e.message}\n`);
+    process.exitCode = 2;
+  } else if (e instanceof TypeError && String((e as { code?: string }).code).startsWith('ERR_PARSE_ARGS')) {
+    process.stderr.write(`lethe: ${e.message}\n${USAGE}\n`);
     process.exitCode = 2;
   } else {
     throw e;

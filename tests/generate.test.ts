@@ -95,6 +95,12 @@ describe.skipIf(!hasShared)('text to image from user checkpoints', () => {
       expect(none.status).toBe(2);
       expect(none.stderr).toMatch(/pass --model .*lethe-mini .* is not built yet/);
     }
+    const help = spawnSync(process.execPath, [LETHE, 'generate', '--help'], { encoding: 'utf8' });
+    expect(help.status).toBe(0);
+    expect(help.stdout).toMatch(/lethe generate \[--model <dir\|file>\] --prompt/);
+    const unknown = spawnSync(process.execPath, [LETHE, 'generate', '--bogus'], { encoding: 'utf8' });
+    expect(unknown.status).toBe(2);
+    expect(unknown.stderr).toMatch(/lethe: Unknown option '--bogus'\nusage:/);
     const size = spawnSync(process.execPath, [LETHE, 'generate', '--model', folder, '--prompt', 'x', '--size', '17x16'], { encoding: 'utf8' });
     expect(size.status).toBe(2);
     expect(size.stderr).toMatch(/width 17 must be a positive multiple of 4/);

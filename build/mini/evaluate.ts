@@ -102,7 +102,7 @@ export async function evaluateMini(modelDir: string, data: MiniDataset, gridFile
       log(`panel: ${category} done`);
     }
     const images = panel.length * PANEL_SEEDS.length;
-    await writeGrid(gridFile, rows, PANEL_PER_CATEGORY * PANEL_SEEDS.length, size);
+    await writeGrid(gridFile, rows, Math.max(...rows.map((r) => r.length / (size * size * 3))), size);
 
     // speed: 4 images, 25 steps, after compilation
     const speedReq = { prompts: panelNames.slice(0, 4).map(conceptPrompt), seeds: [1, 2, 3, 4], steps: PANEL_STEPS, guidance: PANEL_GUIDANCE, width: size, height: size };

@@ -53,23 +53,34 @@ const ACTIVATIONS = { quick_gelu: F.quickGelu, gelu: F.gelu } as const;
  * Unknown keys are ignored; every bad value is reported at once.
  */
 export function parseClipTextConfig(json: unknown, source = 'config.json'): ClipTextConfig {
-  if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new FileFormatError(source, `${source}: a text encoder config must be a JSON object`);
+  return readClipConfig(json, SD1_CLIP_TEXT_CONFIG, source, 'text encoder', () => []);
+}
+
+/**
+ * The fields of a transformers CLIP config (text or vision) over `defaults`:
+ * `hidden_act` one of the supported activations, `layer_norm_eps` positive,
+ * `*_token_id` non-negative integers, every other field a positive integer;
+ * then the tower's own checks. All problems are reported in one error.
+ */
+export function readClipConfig<T extends ClipEncoderConfig>(json: unknown, defaults: Readonly<T>, source: string, what: string, check: (cfg: T) => string[]): T {
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new FileFormatError(source, `${source}: a ${what} config must be a JSON object`);
   const raw = json as Record<string, unknown>;
-  const cfg = { ...SD1_CLIP_TEXT_CONFIG };
+  const cfg = { ...defaults };
+  const fields = cfg as Record<string, unknown>;
   const problems: string[] = [];
-  for (const key of Object.keys(cfg) as (keyof ClipTextConfig)[]) {
-    const v = raw[key] ?? cfg[key];
+  for (const key of Object.keys(cfg)) {
+    const v = raw[key] ?? fields[key];
     if (key === 'hidden_act') {
-      if (typeof v === 'string' && v in ACTIVATIONS) cfg.hidden_act = v as ClipTextConfig['hidden_act'];
+      if (typeof v === 'string' && v in ACTIVATIONS) fields[key] = v;
       else problems.push(`hidden_act ${JSON.stringify(v)} (supported: ${Object.keys(ACTIVATIONS).join(', ')})`);
     } else if (key === 'layer_norm_eps') {
-      if (typeof v === 'number' && v > 0) cfg.layer_norm_eps = v;
+      if (typeof v === 'number' && v > 0) fields[key] = v;
       else problems.push(`layer_norm_eps ${JSON.stringify(v)} (a positive number)`);
     } else if (key.endsWith('_token_id')) {
-      if (Number.isSafeInteger(v) && (v as number) >= 0) cfg[key] = v as number;
+      if (Number.isSafeInteger(v) && (v as number) >= 0) fields[key] = v;
       else problems.push(`${key} ${JSON.stringify(v)} (a non-negative integer)`);
     } else if (Number.isSafeInteger(v) && (v as number) > 0) {
-      (cfg as Record<string, unknown>)[key] = v;
+      fields[key] = v;
     } else {
       problems.push(`${key} ${JSON.stringify(v)} (a positive integer)`);
     }
@@ -77,7 +88,8 @@ export function parseClipTextConfig(json: unknown, source = 'config.json'): Clip
   if (problems.length === 0 && cfg.hidden_size % cfg.num_attention_heads !== 0) {
     problems.push(`hidden_size ${cfg.hidden_size} is not divisible by num_attention_heads ${cfg.num_attention_heads}`);
   }
-  if (problems.length) throw new FileFormatError(source, `${source}: invalid CLIP text config: ${problems.join('; ')}`);
+  if (problems.length === 0) problems.push(...check(cfg));
+  if (problems.length) throw new FileFormatError(source, `${source}: invalid CLIP ${what} config: ${problems.join('; ')}`);
   return cfg;
 }
 

@@ -9,10 +9,10 @@
  *   vision_model.post_layernorm
  *   visual_projection
  */
-import { FileFormatError, GraphBuildError } from '../errors.ts';
+import { GraphBuildError } from '../errors.ts';
 import * as F from '../graph/functional.ts';
 import type { Tensor } from '../graph/graph.ts';
-import { clipEncoderLayer } from './clip-text.ts';
+import { clipEncoderLayer, readClipConfig } from './clip-text.ts';
 import * as L from './layers.ts';
 import type { Scope } from './params.ts';
 
@@ -48,29 +48,11 @@ export const CLIP_VIT_L14_VISION_CONFIG: Readonly<ClipVisionConfig> = {
 export const CLIP_IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073] as const;
 export const CLIP_IMAGE_STD = [0.26862954, 0.26130258, 0.27577711] as const;
 
+/** A config.json object (CLIPVisionConfig.to_dict()) over ViT-L/14's values; every bad value is reported at once. */
 export function parseClipVisionConfig(json: unknown, source = 'config.json'): ClipVisionConfig {
-  if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new FileFormatError(source, `${source}: an image encoder config must be a JSON object`);
-  const raw = json as Record<string, unknown>;
-  const cfg = { ...CLIP_VIT_L14_VISION_CONFIG };
-  const problems: string[] = [];
-  for (const key of Object.keys(cfg) as (keyof ClipVisionConfig)[]) {
-    const v = raw[key] ?? cfg[key];
-    if (key === 'hidden_act') {
-      if (v === 'quick_gelu' || v === 'gelu') cfg.hidden_act = v;
-      else problems.push(`hidden_act ${JSON.stringify(v)} (quick_gelu or gelu)`);
-    } else if (key === 'layer_norm_eps') {
-      if (typeof v === 'number' && v > 0) cfg.layer_norm_eps = v;
-      else problems.push(`layer_norm_eps ${JSON.stringify(v)} (a positive number)`);
-    } else if (Number.isSafeInteger(v) && (v as number) > 0) {
-      (cfg as Record<string, unknown>)[key] = v;
-    } else {
-      problems.push(`${key} ${JSON.stringify(v)} (a positive integer)`);
-    }
-  }
-  if (cfg.hidden_size % cfg.num_attention_heads !== 0) problems.push(`hidden_size ${cfg.hidden_size} is not divisible by num_attention_heads ${cfg.num_attention_heads}`);
-  if (cfg.image_size % cfg.patch_size !== 0) problems.push(`image_size ${cfg.image_size} is not a multiple of patch_size ${cfg.patch_size}`);
-  if (problems.length) throw new FileFormatError(source, `${source}: invalid CLIP vision config: ${problems.join('; ')}`);
-  return cfg;
+  return readClipConfig(json, CLIP_VIT_L14_VISION_CONFIG, source, 'vision', (cfg) =>
+    cfg.image_size % cfg.patch_size === 0 ? [] : [`image_size ${cfg.image_size} is not a multiple of patch_size ${cfg.patch_size}`],
+  );
 }
 
 export interface ClipVisionOutputs {
